@@ -1,0 +1,43 @@
+"""taskvec: task vectors in LLMs and VLMs, on nnsight.
+
+The whole public API, in the order a study uses it::
+
+    import taskvec
+    m = taskvec.load("gemma-3-270m")                 # any hub id or local folder works too
+    task = taskvec.get_task("country-capital")       # 12+ built-in tasks, or load_task("my.json")
+    prompts = taskvec.sample_icl_prompts(task.pairs("val"), task.pairs("test")[:8], n_shots=5)
+    preds = taskvec.predict(m, prompts)              # greedy first token
+    taskvec.accuracy(preds, [p.label for p in prompts])
+"""
+
+from .architectures import ARCHITECTURES, Architecture
+from .errors import TaskvecError
+from .loading import DEFAULT_MODEL, EMBEDDED, list_models, load
+from .metric import accuracy, is_correct, majority
+from .model import Batch, Model
+from .prompts import GENERIC, IMAGE, Prompt, Template, chat_template, icl_prompt, instruction_prompt, sample_icl_prompts
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARCHITECTURES",
+    "Architecture",
+    "Batch",
+    "DEFAULT_MODEL",
+    "EMBEDDED",
+    "GENERIC",
+    "IMAGE",
+    "Model",
+    "Prompt",
+    "TaskvecError",
+    "Template",
+    "accuracy",
+    "chat_template",
+    "icl_prompt",
+    "instruction_prompt",
+    "is_correct",
+    "list_models",
+    "load",
+    "majority",
+    "sample_icl_prompts",
+]

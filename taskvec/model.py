@@ -1,0 +1,255 @@
+"""`Model`: a loaded transformers model, its nnsight wrapper, its processor and its architecture row."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .architectures import Architecture, resolve
+from .errors import TaskvecError
+from .positions import delimiter_positions, marker_ids
+from .prompts import GENERIC, IMAGE, Prompt, Template
+
+
+@dataclass
+class Batch:
+    """Processed inputs for a list of prompts, padded on the left.
+
+    Attributes:
+        inputs: what the model's forward takes (``input_ids`` ``[batch, seq]``, ``attention_mask``,
+            ``pixel_values``, ...).
+        prompts: the prompts, in batch order.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    prompts: list[Prompt]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.inputs["input_ids"]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
+class Model:
+    """A model ready for taskvec: transformers module, nnsight wrapper, preprocessors, adapter row.
+
+    Use :func:`taskvec.load` to build one. Module access goes through the architecture row, so
+    the same code runs on Gemma-3, LLaVA, Idefics2, Qwen2-VL or Fuyu.
+
+    Attributes:
+        name: what it was loaded from.
+        hf: the transformers model (``torch.nn.Module``).
+        nn: the ``nnsight.TransformersModel`` wrapping ``hf``; trace through it.
+        tokenizer: the tokenizer (for a VLM, the processor's tokenizer).
+        processor: the multimodal processor, or ``None`` for a text-only model.
+        arch: the :class:`~taskvec.architectures.Architecture` row.
+        remote: run traces on NDIF (nnsight's remote execution) instead of locally.
+
+    Example:
+        >>> m = taskvec.load("gemma-3-270m")      # doctest: +SKIP
+        >>> m.n_layers, m.d_model, m.n_heads, m.d_head  # doctest: +SKIP
+        (18, 640, 4, 256)
+    """
+
+    name: str
+    hf: Any
+    nn: Any
+    tokenizer: Any
+    processor: Any
+    arch: Architecture
+    remote: bool = False
+    chat: Template | None = None
+    _marker_cache: dict = field(default_factory=dict, repr=False)
+
+    # --- shape facts -------------------------------------------------------------------------
+    @property
+    def text_config(self) -> Any:
+        return self.hf.config.get_text_config()
+
+    @property
+    def n_layers(self) -> int:
+        return len(resolve(self.hf, self.arch.layers))
+
+    @property
+    def d_model(self) -> int:
+        return int(self.text_config.hidden_size)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.text_config.num_attention_heads)
+
+    @property
+    def d_head(self) -> int:
+        hd = getattr(self.text_config, "head_dim", None)
+        return int(hd) if hd else self.d_model // self.n_heads
+
+    @property
+    def is_vlm(self) -> bool:
+        return self.arch.is_vlm
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def max_length(self) -> int | None:
+        return getattr(self.text_config, "max_position_embeddings", None)
+
+    def __repr__(self) -> str:
+        kind = "VLM" if self.is_vlm else "LLM"
+        return (
+            f"Model({self.name!r}, {type(self.hf).__name__}, {kind}, layers={self.n_layers}, "
+            f"d_model={self.d_model}, heads={self.n_heads}x{self.d_head})"
+        )
+
+    # --- modules (plain or traced) ------------------------------------------------------------
+    def layers(self, traced: bool = True) -> Any:
+        """The text decoder layers: nnsight envoys if ``traced`` else plain modules."""
+        return resolve(self.nn if traced else self.hf, self.arch.layers)
+
+    def layer(self, index: int, traced: bool = True) -> Any:
+        """One decoder layer; ``index`` is 0-based and checked."""
+        return self.layers(traced)[self.check_layer(index)]
+
+    def head_input(self, index: int) -> Any:
+        """Envoy of layer ``index``'s attention output projection; its ``.input`` is ``[b, s, H*Dh]``."""
+        return resolve(self.layer(index), self.arch.out_proj)
+
+    def check_layer(self, index: int) -> int:
+        """Return ``index`` if it names a decoder layer (negative counts from the end), else raise."""
+        n = self.n_layers
+        if not isinstance(index, int) or not -n <= index < n:
+            raise TaskvecError(f"layer {index} is out of range: {self.name} has layers 0..{n - 1}")
+        return index % n
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of residual-stream vectors: final norm, unembedding, soft-capping if configured.
+
+        Args:
+            hidden: ``[..., d_model]``.
+
+        Returns:
+            ``[..., vocab]`` logits, exactly as the model's last layer would give them.
+        """
+        logits = resolve(self.hf, self.arch.lm_head)(resolve(self.hf, self.arch.norm)(hidden))
+        cap = getattr(self.text_config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    @staticmethod
+    def residual(output: Any) -> torch.Tensor:
+        """The hidden-state tensor of a decoder layer's output (some layers return a tuple)."""
+        return output[0] if isinstance(output, tuple) else output
+
+    # --- inputs --------------------------------------------------------------------------------
+    def image_token(self) -> str:
+        """The text the processor expands into one image's embeddings."""
+        tok = self.arch.image_token
+        if tok is None:
+            raise TaskvecError(f"{self.name} is a text-only model: it cannot take image prompts; load a VLM")
+        if tok.startswith("processor:"):
+            return getattr(self.processor, tok.split(":", 1)[1])
+        return tok
+
+    def encode(self, prompts: Sequence[Prompt | str]) -> Batch:
+        """Tokenize (and for images, process) prompts into one left-padded batch.
+
+        Example:
+            >>> b = m.encode(["Q:France\\nA:", "Q:Peru\\nA:"])   # doctest: +SKIP
+            >>> b.input_ids.shape                              # doctest: +SKIP
+            torch.Size([2, 7])
+        """
+        prompts = [Prompt(p) if isinstance(p, str) else p for p in prompts]
+        if not prompts:
+            raise TaskvecError("no prompts given: pass at least one prompt")
+        images = [list(p.images) for p in prompts]
+        texts = [p.text for p in prompts]
+        if any(images):
+            img_tok = self.image_token()
+            texts = [t.replace(IMAGE, img_tok) for t in texts]
+            if self.arch.images_per_prompt_nested:
+                imgs: Any = images
+            else:
+                imgs = [im for ims in images for im in ims]
+            if not all(images) and self.arch.images_per_prompt_nested:
+                raise TaskvecError(
+                    "this processor needs every prompt in a batch to have images, or none: batch image and "
+                    "text-only prompts separately"
+                )
+            enc = self.processor(text=texts, images=imgs, padding=True, return_tensors="pt")
+        else:
+            enc = self.tokenizer(texts, padding=True, return_tensors="pt")
+        inputs = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+        limit = self.max_length
+        if limit and inputs["input_ids"].shape[1] > limit:
+            raise TaskvecError(
+                f"a prompt has {inputs['input_ids'].shape[1]} tokens, more than {self.name}'s context of {limit}: "
+                "use fewer or shorter demonstrations"
+            )
+        return Batch(inputs=inputs, prompts=prompts)
+
+    def delimiters(self, batch: Batch, template: Template | None = None) -> list[list[int]]:
+        """Positions (in processed tokens) of every answer-marker delimiter, per prompt.
+
+        The last entry of each list is the query's delimiter; the one before it is the last
+        demonstration's (where the paper reads task vectors).
+        """
+        template = template or batch.prompts[0].template or GENERIC
+        key = (template.query, template.marker)
+        if key not in self._marker_cache:
+            self._marker_cache[key] = marker_ids(self.tokenizer, template)
+        return delimiter_positions(batch.input_ids, self._marker_cache[key], [p.n_markers for p in batch.prompts])
+
+    def position(self, batch: Batch, position: int) -> torch.Tensor:
+        """Absolute index, per prompt, of a position counted on each prompt's own tokens.
+
+        ``-1`` is each prompt's last token whatever the padding; ``0`` its first real token.
+        Returns a ``[batch]`` long tensor; raises if a prompt is shorter than asked.
+        """
+        mask = batch.inputs.get("attention_mask")
+        ids = batch.input_ids
+        if mask is None:
+            mask = torch.ones_like(ids)
+        lengths = mask.sum(dim=1)
+        seq = ids.shape[1]
+        out = []
+        for i, n in enumerate(lengths.tolist()):
+            if not -n <= position < n:
+                raise TaskvecError(f"position {position} is outside prompt {i}, which has {n} tokens")
+            real = mask[i].nonzero().flatten()
+            out.append(int(real[position]))
+        del seq
+        return torch.tensor(out, dtype=torch.long)
+
+    # --- tracing -------------------------------------------------------------------------------
+    def trace_kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        """Keyword arguments for ``nn.trace``/``nn.generate`` (adds ``remote=`` when set)."""
+        if self.remote:
+            kwargs.setdefault("remote", True)
+        return kwargs
+
+    @contextmanager
+    def trace(self, batch: Batch, **kwargs: Any) -> Iterator[Any]:
+        """``with m.trace(batch) as tracer:`` runs one nnsight trace on a processed batch (no grad)."""
+        with torch.no_grad(), self.nn.trace(dict(batch.inputs), **self.trace_kwargs(**kwargs)) as tracer:
+            yield tracer
+
+    @contextmanager
+    def generate(self, batch: Batch, max_new_tokens: int = 1, **kwargs: Any) -> Iterator[Any]:
+        """Greedy generation under nnsight; ``tracer.result`` holds the ids (prompt + new)."""
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("min_new_tokens", max_new_tokens)
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is not None:
+            kwargs.setdefault("pad_token_id", pad)
+        with torch.no_grad(), self.nn.generate(
+            dict(batch.inputs), max_new_tokens=max_new_tokens, **self.trace_kwargs(**kwargs)
+        ) as tracer:
+            yield tracer
