@@ -12,6 +12,8 @@ The whole public API, in the order a study uses it::
 
 from .architectures import ARCHITECTURES, Architecture
 from .errors import TaskvecError
+from .inference import first_token_logits, predict
+from .lens import LensResult, PhaseResult, decode, lens, residuals_at
 from .loading import DEFAULT_MODEL, EMBEDDED, list_models, load
 from .metric import accuracy, is_correct, majority
 from .model import Batch, Model
@@ -26,6 +28,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED",
     "GENERIC",
+    "LensResult",
+    "PhaseResult",
     "IMAGE",
     "Model",
     "Prompt",
@@ -33,11 +37,16 @@ __all__ = [
     "Template",
     "accuracy",
     "chat_template",
+    "decode",
+    "first_token_logits",
     "icl_prompt",
     "instruction_prompt",
     "is_correct",
+    "lens",
     "list_models",
     "load",
     "majority",
+    "predict",
+    "residuals_at",
     "sample_icl_prompts",
 ]

@@ -221,6 +221,7 @@ def load(
         if device is not None and device_map is None:
             hf = hf.to(device)
         hf.eval()
+        hf.requires_grad_(False)  # taskvec reads and patches activations; no weight gradients, no autograd graph
         nn = nnsight.TransformersModel(hf, tokenizer=tokenizer, processor=processor, task=task)
 
     tokenizer.padding_side = "left"

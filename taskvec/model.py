@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -218,14 +217,12 @@ class Model:
         if mask is None:
             mask = torch.ones_like(ids)
         lengths = mask.sum(dim=1)
-        seq = ids.shape[1]
         out = []
         for i, n in enumerate(lengths.tolist()):
             if not -n <= position < n:
                 raise TaskvecError(f"position {position} is outside prompt {i}, which has {n} tokens")
             real = mask[i].nonzero().flatten()
             out.append(int(real[position]))
-        del seq
         return torch.tensor(out, dtype=torch.long)
 
     # --- tracing -------------------------------------------------------------------------------
@@ -235,21 +232,22 @@ class Model:
             kwargs.setdefault("remote", True)
         return kwargs
 
-    @contextmanager
-    def trace(self, batch: Batch, **kwargs: Any) -> Iterator[Any]:
-        """``with m.trace(batch) as tracer:`` runs one nnsight trace on a processed batch (no grad)."""
-        with torch.no_grad(), self.nn.trace(dict(batch.inputs), **self.trace_kwargs(**kwargs)) as tracer:
-            yield tracer
+    def trace(self, batch: Batch | None = None, **kwargs: Any) -> Any:
+        """nnsight tracer for one forward over a processed batch: ``with m.trace(batch): ...``.
 
-    @contextmanager
-    def generate(self, batch: Batch, max_new_tokens: int = 1, **kwargs: Any) -> Iterator[Any]:
-        """Greedy generation under nnsight; ``tracer.result`` holds the ids (prompt + new)."""
+        Returns nnsight's own tracer (nnsight reads the ``with`` block's source, so it cannot be
+        wrapped in another context manager). Extra keywords go to the model's forward
+        (e.g. ``logits_to_keep=1``) or to nnsight (``remote=True``). Without ``batch``, use
+        ``tracer.invoke(...)`` blocks inside.
+        """
+        args = () if batch is None else (dict(batch.inputs),)
+        return self.nn.trace(*args, **self.trace_kwargs(**kwargs))
+
+    def generate(self, batch: Batch, max_new_tokens: int = 1, **kwargs: Any) -> Any:
+        """nnsight generation tracer, greedy by default; ``tracer.result`` holds prompt + new ids."""
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("min_new_tokens", max_new_tokens)
         pad = getattr(self.tokenizer, "pad_token_id", None)
         if pad is not None:
             kwargs.setdefault("pad_token_id", pad)
-        with torch.no_grad(), self.nn.generate(
-            dict(batch.inputs), max_new_tokens=max_new_tokens, **self.trace_kwargs(**kwargs)
-        ) as tracer:
-            yield tracer
+        return self.nn.generate(dict(batch.inputs), max_new_tokens=max_new_tokens, **self.trace_kwargs(**kwargs))

@@ -1,0 +1,357 @@
+"""Logit lens: decode the residual stream of every layer at one position into the vocabulary.
+
+One traced forward per batch saves only the ``[batch, n_layers, d_model]`` residuals at the
+chosen position; decoding (final norm + unembedding, soft-capping if configured) then runs one
+layer at a time, so memory never holds full-vocabulary logits for every layer and position.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import nnsight
+import pandas as pd
+import torch
+
+from .batching import batches
+from .errors import TaskvecError
+from .model import Model
+from .prompts import Prompt
+
+TokenSpec = Sequence[str | int]
+
+
+def _check_layers(model: Model, layers: Sequence[int] | None) -> list[int]:
+    if layers is None:
+        return list(range(model.n_layers))
+    chosen = [model.check_layer(int(layer)) for layer in layers]
+    if not chosen:
+        raise TaskvecError("layers is empty: pass None for every layer, or a list of layer indices")
+    return chosen
+
+
+def residuals_at(
+    model: Model,
+    prompts: Sequence[Prompt | str],
+    *,
+    position: int = -1,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Residual stream after each chosen layer at one position of each prompt.
+
+    Args:
+        position: counted on each prompt's own processed tokens (``-1`` = last, image tokens
+            included), whatever the padding.
+
+    Returns:
+        ``[n_prompts, n_layers_chosen, d_model]`` float32 tensor on the CPU.
+
+    Example:
+        >>> residuals_at(m, ["Q:France\\nA:"]).shape    # doctest: +SKIP
+        torch.Size([1, 18, 640])
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise TaskvecError("no prompts given: pass at least one prompt")
+    chosen = _check_layers(model, layers)
+    out = []
+    for chunk in batches(prompts, batch_size, desc="lens", progress=progress):
+        batch = model.encode(chunk)
+        pos = model.position(batch, position)
+        rows = torch.arange(len(chunk))
+        with model.trace(batch, logits_to_keep=1) as tracer:
+            saved = nnsight.save([])
+            for index in chosen:
+                saved.append(model.residual(model.layers()[index].output)[rows, pos].save())
+            tracer.stop()
+        out.append(torch.stack([s.float().cpu() for s in saved], dim=1))
+    return torch.cat(out)
+
+
+def token_ids(tokenizer: Any, tokens: TokenSpec) -> list[int]:
+    """Ids for a category: ints are kept; a word contributes the first token of ``word`` and of
+    ``" " + word`` (the form a word takes after a space), deduplicated.
+
+    Example:
+        >>> token_ids(m.tokenizer, ["Paris", 42])     # doctest: +SKIP
+        [50429, 9079, 42]
+    """
+    ids: list[int] = []
+    for tok in tokens:
+        if isinstance(tok, int):
+            cand = [tok]
+        else:
+            word = str(tok)
+            if not word.strip() and word != " ":
+                raise TaskvecError("a category token is empty: remove it or pass its id")
+            cand = []
+            for form in (word, " " + word.lstrip()):
+                enc = tokenizer(form, add_special_tokens=False)["input_ids"]
+                if enc:
+                    cand.append(int(enc[0]))
+        for i in cand:
+            if i not in ids:
+                ids.append(i)
+    return ids
+
+
+@dataclass
+class PhaseResult:
+    """Per-layer summed probability of token categories, averaged over prompts.
+
+    Attributes:
+        df: columns ``layer, category, mean, std, sem, n_prompts``.
+        per_prompt: ``[n_prompts, n_layers, n_categories]`` summed probabilities.
+    """
+
+    df: pd.DataFrame
+    per_prompt: torch.Tensor
+    categories: dict[str, list[int]]
+    title: str = "Logit lens phases"
+
+    def figure(self) -> Any:
+        """Line plot of each category's probability per layer with a ±1 std band (paper Fig. 3)."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+        for i, (cat, sub) in enumerate(self.df.groupby("category", sort=False)):
+            color = palette[i % len(palette)]
+            fig.add_trace(go.Scatter(
+                x=list(sub.layer) + list(sub.layer[::-1]),
+                y=list(sub["mean"] + sub["std"]) + list((sub["mean"] - sub["std"]).clip(lower=0)[::-1]),
+                fill="toself", fillcolor=color, opacity=0.15, line=dict(width=0), showlegend=False, hoverinfo="skip",
+            ))
+            fig.add_trace(go.Scatter(x=sub.layer, y=sub["mean"], name=cat, mode="lines+markers", line=dict(color=color)))
+        fig.update_layout(title=self.title, xaxis_title="layer", yaxis_title="probability", template="plotly_white")
+        return fig
+
+    def _repr_html_(self) -> str:
+        return self.df.pivot(index="layer", columns="category", values="mean").round(4).to_html()
+
+
+@dataclass
+class LensResult:
+    """What :func:`lens` returns: residuals, a tidy top-k table, and plot-ready views.
+
+    Attributes:
+        hidden: ``[n_prompts, n_layers, d_model]`` residuals that were decoded.
+        layers: the layer index of each column of ``hidden``.
+        df: tidy table ``prompt, layer, rank, token, token_id, probability, logit``.
+        prompts: the prompts, in order.
+    """
+
+    model: Model
+    hidden: torch.Tensor
+    layers: list[int]
+    df: pd.DataFrame
+    prompts: list[Prompt]
+    top_k: int
+    chunk: int = field(default=64, repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"LensResult({len(self.prompts)} prompts x {len(self.layers)} layers, top_k={self.top_k}, "
+            f"model={self.model.name!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        top = self.top1()
+        common = top.groupby("layer")["token"].agg(lambda s: s.value_counts().index[0])
+        share = top.groupby("layer")["token"].agg(lambda s: s.value_counts(normalize=True).iloc[0])
+        rows = "".join(
+            f"<tr><td>{layer}</td><td><code>{html.escape(repr(tok))}</code></td><td>{share[layer]:.0%}</td></tr>"
+            for layer, tok in common.items()
+        )
+        return (
+            f"<b>LensResult</b> &mdash; {self.model.name}, {len(self.prompts)} prompts, {len(self.layers)} layers"
+            f"<table><tr><th>layer</th><th>most common top-1</th><th>share</th></tr>{rows}</table>"
+        )
+
+    # --- tables --------------------------------------------------------------------------------
+    def top1(self) -> pd.DataFrame:
+        """Top-1 decoding per prompt and layer (rows of ``df`` with rank 0)."""
+        return self.df[self.df["rank"] == 0].reset_index(drop=True)
+
+    def probabilities(self, ids: Sequence[int]) -> torch.Tensor:
+        """Probability of each token id at each prompt and layer, ``[n_prompts, n_layers, len(ids)]``."""
+        index = torch.as_tensor(list(ids), dtype=torch.long)
+        out = []
+        with torch.no_grad():
+            for start in range(0, self.hidden.shape[0], self.chunk):
+                h = self.hidden[start : start + self.chunk]
+                probs = [_probs(self.model, h[:, j])[:, index] for j in range(h.shape[1])]
+                out.append(torch.stack(probs, dim=1))
+        return torch.cat(out)
+
+    def phases(self, categories: Mapping[str, TokenSpec], *, title: str | None = None) -> PhaseResult:
+        """Summed probability per category and layer, averaged over prompts (paper Fig. 3).
+
+        Args:
+            categories: e.g. ``{"input": [":"], "task": ["capital", "city"], "answer": labels}``;
+                strings or ids; a multi-token word counts by its first token (with and without
+                a leading space).
+
+        Example:
+            >>> r = taskvec.lens(m, prompts)                                            # doctest: +SKIP
+            >>> r.phases({"input": [":"], "task": ["capital"], "answer": ["Paris"]}).df.head()  # doctest: +SKIP
+        """
+        if not categories:
+            raise TaskvecError("phases() needs at least one category, e.g. {'input': [':'], 'task': [...]}")
+        ids = {name: token_ids(self.model.tokenizer, toks) for name, toks in categories.items()}
+        for name, i in ids.items():
+            if not i:
+                raise TaskvecError(f"category {name!r} has no tokens: give it at least one word or id")
+        flat = sorted({i for v in ids.values() for i in v})
+        col = {i: k for k, i in enumerate(flat)}
+        probs = self.probabilities(flat)  # [P, L, |flat|]
+        per = torch.stack([probs[..., [col[i] for i in v]].sum(-1) for v in ids.values()], dim=-1)
+        n = per.shape[0]
+        rows = []
+        for j, layer in enumerate(self.layers):
+            for c, name in enumerate(ids):
+                vals = per[:, j, c]
+                std = float(vals.std(unbiased=True)) if n > 1 else 0.0
+                rows.append(dict(layer=layer, category=name, mean=float(vals.mean()), std=std,
+                                 sem=std / n ** 0.5, n_prompts=n))
+        return PhaseResult(df=pd.DataFrame(rows), per_prompt=per, categories=ids, title=title or "Logit lens phases")
+
+    # --- figures -------------------------------------------------------------------------------
+    def figure_table(self, prompt: int = 0) -> Any:
+        """Layer x rank heatmap of one prompt's top-k tokens, coloured by probability."""
+        import plotly.graph_objects as go
+
+        if not 0 <= prompt < len(self.prompts):
+            raise TaskvecError(f"prompt {prompt} is out of range: the result has prompts 0..{len(self.prompts) - 1}")
+        sub = self.df[self.df.prompt == prompt]
+        z = sub.pivot(index="layer", columns="rank", values="probability")
+        text = sub.pivot(index="layer", columns="rank", values="token").map(repr)
+        fig = go.Figure(go.Heatmap(z=z.values, x=[f"#{r + 1}" for r in z.columns], y=z.index, text=text.values,
+                                   texttemplate="%{text}", colorscale="Blues", colorbar=dict(title="p")))
+        fig.update_layout(title=f"Top-{self.top_k} decodings per layer (prompt {prompt})", xaxis_title="rank",
+                          yaxis_title="layer", template="plotly_white", height=max(400, 28 * len(z)))
+        return fig
+
+    def figure_top1_distribution(self, layers: Sequence[int] | None = None, *, max_tokens: int = 8) -> Any:
+        """Stacked bars: share of prompts whose top-1 decoding is each token, per layer (paper Fig. 4)."""
+        import plotly.graph_objects as go
+
+        top = self.top1()
+        if layers is not None:
+            top = top[top.layer.isin(list(layers))]
+        shares = top.groupby("layer")["token"].value_counts(normalize=True).rename("share").reset_index()
+        keep = shares.groupby("token")["share"].max().nlargest(max_tokens).index
+        shares["token"] = shares["token"].where(shares["token"].isin(keep), "(other)")
+        shares = shares.groupby(["layer", "token"], as_index=False)["share"].sum()
+        fig = go.Figure()
+        for tok, sub in shares.groupby("token"):
+            fig.add_trace(go.Bar(x=sub.layer, y=sub.share, name=repr(tok) if tok != "(other)" else tok))
+        fig.update_layout(barmode="stack", title="Top-1 decoding across prompts, per layer", xaxis_title="layer",
+                          yaxis_title="share of prompts", template="plotly_white")
+        return fig
+
+
+def _probs(model: Model, h: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(model.unembed(h.to(model.device, dtype=_dtype(model))).float(), dim=-1).cpu()
+
+
+def _dtype(model: Model) -> torch.dtype:
+    return next(model.hf.parameters()).dtype
+
+
+def _topk_table(model: Model, hidden: torch.Tensor, layers: list[int], top_k: int, offset: int = 0) -> pd.DataFrame:
+    records: dict[str, list] = {k: [] for k in ("prompt", "layer", "rank", "token", "token_id", "probability", "logit")}
+    convert = model.tokenizer.decode
+    with torch.no_grad():
+        for j, layer in enumerate(layers):
+            logits = model.unembed(hidden[:, j].to(model.device, dtype=_dtype(model))).float().cpu()
+            probs = torch.softmax(logits, dim=-1)
+            p, idx = probs.topk(top_k, dim=-1)
+            lg = logits.gather(-1, idx)
+            for i in range(hidden.shape[0]):
+                for r in range(top_k):
+                    tid = int(idx[i, r])
+                    records["prompt"].append(offset + i)
+                    records["layer"].append(layer)
+                    records["rank"].append(r)
+                    records["token"].append(convert([tid]))
+                    records["token_id"].append(tid)
+                    records["probability"].append(float(p[i, r]))
+                    records["logit"].append(float(lg[i, r]))
+    return pd.DataFrame(records)
+
+
+def lens(
+    model: Model,
+    prompts: Sequence[Prompt | str] | Prompt | str,
+    *,
+    position: int = -1,
+    layers: Sequence[int] | None = None,
+    top_k: int = 5,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> LensResult:
+    """Logit lens over every layer (or ``layers``) at ``position`` of each prompt.
+
+    Args:
+        model: from :func:`taskvec.load`.
+        prompts: strings, :class:`~taskvec.Prompt` objects (ICL prompts, image prompts for a VLM).
+        position: index in each prompt's own processed tokens (``-1``: the last, i.e. the
+            query's delimiter for an ICL prompt; image tokens count).
+        layers: layer indices to decode (default: all).
+        top_k: how many tokens per layer go into ``df``.
+        batch_size: prompts per traced forward.
+
+    Returns:
+        :class:`LensResult` with ``df``, ``top1()``, ``phases()`` and figure methods.
+
+    Example:
+        >>> import taskvec
+        >>> m = taskvec.load()                                                   # doctest: +SKIP
+        >>> r = taskvec.lens(m, ["Q:France\\nA:Paris\\n\\nQ:Japan\\nA:"])            # doctest: +SKIP
+        >>> r.top1().token.iloc[-1]                                              # doctest: +SKIP
+        'Tokyo'
+    """
+    if isinstance(prompts, (str, Prompt)):
+        prompts = [prompts]
+    prompts = [Prompt(p) if isinstance(p, str) else p for p in prompts]
+    if not isinstance(top_k, int) or top_k < 1:
+        raise TaskvecError(f"top_k must be a positive integer, got {top_k!r}")
+    chosen = _check_layers(model, layers)
+    hidden = residuals_at(model, prompts, position=position, layers=chosen, batch_size=batch_size, progress=progress)
+    df = _topk_table(model, hidden, chosen, top_k)
+    return LensResult(model=model, hidden=hidden, layers=chosen, df=df, prompts=prompts, top_k=top_k)
+
+
+def decode(model: Model, vector: torch.Tensor, layer: int | None = None, *, top_k: int = 5) -> pd.DataFrame:
+    """Top-k tokens of any residual-stream vector (e.g. a mean task vector), paper Table 2.
+
+    Args:
+        vector: ``[d_model]``, or ``[n_layers, d_model]`` together with ``layer`` to pick a row.
+        layer: which layer the vector belongs to (checked against the model).
+
+    Returns:
+        DataFrame ``rank, token, token_id, probability, logit``.
+
+    Example:
+        >>> decode(m, task_vector.vectors, layer=9)      # doctest: +SKIP
+    """
+    v = torch.as_tensor(vector)
+    if v.dim() == 2:
+        if layer is None:
+            raise TaskvecError("vector has one row per layer: pass layer= to choose one")
+        if v.shape[0] != model.n_layers:
+            raise TaskvecError(f"vector has {v.shape[0]} layers but {model.name} has {model.n_layers}")
+        v = v[model.check_layer(layer)]
+    elif layer is not None:
+        model.check_layer(layer)
+    if v.dim() != 1 or v.shape[0] != model.d_model:
+        raise TaskvecError(
+            f"vector has shape {tuple(v.shape)} but {model.name} decodes width {model.d_model}: pass a [d_model] vector"
+        )
+    table = _topk_table(model, v.reshape(1, 1, -1).float(), [layer if layer is not None else -1], top_k)
+    return table.drop(columns=["prompt", "layer"])
