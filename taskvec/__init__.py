@@ -13,40 +13,59 @@ The whole public API, in the order a study uses it::
 from .architectures import ARCHITECTURES, Architecture
 from .errors import TaskvecError
 from .inference import first_token_logits, predict
+from .evaluation import Setting, transfer_experiment, wide_table
 from .lens import LensResult, PhaseResult, decode, lens, residuals_at
 from .loading import DEFAULT_MODEL, EMBEDDED, list_models, load
 from .metric import accuracy, is_correct, majority
 from .model import Batch, Model
+from .patching import best_layer, layer_sweep, patch_generate, patch_predict
 from .prompts import GENERIC, IMAGE, Prompt, Template, chat_template, icl_prompt, instruction_prompt, sample_icl_prompts
+
+from .tsne import TSNEResult, tsne
+from .vectors import TaskVector, ensemble, extract_icl, extract_instruction, read_residuals
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARCHITECTURES",
-    "Architecture",
-    "Batch",
-    "DEFAULT_MODEL",
-    "EMBEDDED",
-    "GENERIC",
-    "LensResult",
-    "PhaseResult",
-    "IMAGE",
-    "Model",
-    "Prompt",
-    "TaskvecError",
-    "Template",
     "accuracy",
+    "Architecture",
+    "ARCHITECTURES",
+    "Batch",
+    "best_layer",
     "chat_template",
     "decode",
+    "DEFAULT_MODEL",
+    "EMBEDDED",
+    "ensemble",
+    "extract_icl",
+    "extract_instruction",
     "first_token_logits",
+    "GENERIC",
     "icl_prompt",
+    "IMAGE",
     "instruction_prompt",
     "is_correct",
+    "layer_sweep",
     "lens",
+    "LensResult",
     "list_models",
     "load",
     "majority",
+    "Model",
+    "patch_generate",
+    "patch_predict",
+    "PhaseResult",
     "predict",
+    "Prompt",
+    "read_residuals",
     "residuals_at",
     "sample_icl_prompts",
+    "Setting",
+    "TaskvecError",
+    "TaskVector",
+    "Template",
+    "transfer_experiment",
+    "tsne",
+    "TSNEResult",
+    "wide_table",
 ]

@@ -244,10 +244,19 @@ class Model:
         return self.nn.trace(*args, **self.trace_kwargs(**kwargs))
 
     def generate(self, batch: Batch, max_new_tokens: int = 1, **kwargs: Any) -> Any:
-        """nnsight generation tracer, greedy by default; ``tracer.result`` holds prompt + new ids."""
+        """nnsight generation tracer, greedy by default: ``with m.generate(batch, 4) as tr:``.
+
+        Interventions in the block apply to the first forward (the prompt) unless written per
+        step with ``tr.iter``; ``tr.result`` holds prompt + new ids.
+        """
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("min_new_tokens", max_new_tokens)
         pad = getattr(self.tokenizer, "pad_token_id", None)
         if pad is not None:
             kwargs.setdefault("pad_token_id", pad)
-        return self.nn.generate(dict(batch.inputs), max_new_tokens=max_new_tokens, **self.trace_kwargs(**kwargs))
+        # nnsight's `generate` decides "with block or direct call" from its caller's frame, which
+        # here would be this method; open the trace with the undecorated method instead, so the
+        # caller's `with` block is the one captured (at __enter__), exactly as for `trace`.
+        run = type(self.nn).generate.__wrapped__.__get__(self.nn)
+        return self.nn.trace(dict(batch.inputs), fn=run, max_new_tokens=max_new_tokens,
+                             **self.trace_kwargs(**kwargs))

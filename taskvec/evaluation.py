@@ -1,0 +1,247 @@
+"""The cross-modal paper's evaluation: baselines, validation layer search, test accuracy.
+
+Terms (paper §3): *spec* is how the task is given (text or image examples), *query* the
+modality of the question. ``Base`` puts the examples in the query's context (``xBase`` when their
+modality differs from the query's), ``Patch``/``xPatch`` patches their task vector instead;
+``No Context`` is the query alone and ``Random`` the majority label among the examples.
+Every unit of work can be stored in a folder so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from .errors import TaskvecError
+from .inference import predict
+from .metric import is_correct, majority
+from .model import Model
+from .patching import best_layer, layer_sweep, patch_predict
+from .prompts import GENERIC, Prompt, Template, icl_prompt, sample_icl_prompts
+from .vectors import TaskVector, extract_icl
+
+MODALITIES = ("text", "image")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Knobs shared by every number of one experiment (all randomness comes from ``seed``).
+
+    Attributes:
+        n_shots: demonstrations per prompt (paper: 5).
+        seeds: seeds of the ICL prompts averaged into a task vector.
+        seed: seed of the demonstrations drawn for Base/xBase/Random.
+        n_val, n_test: cap on validation / test queries per task (None: the whole split).
+        batch_size: prompts per forward.
+        case_sensitive: the metric's case rule (paper: case-sensitive, except Fig. 8).
+        template: prompt template.
+    """
+
+    n_shots: int = 5
+    seeds: tuple[int, ...] = (0,)
+    seed: int = 0
+    n_val: int | None = None
+    n_test: int | None = None
+    batch_size: int = 32
+    case_sensitive: bool = True
+    template: Template = GENERIC
+
+    def key(self) -> str:
+        d = asdict(self)
+        d["template"] = [self.template.demo, self.template.query]
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def pairs(task: Any, split: str, modality: str, limit: int | None = None) -> list[tuple[Any, str]]:
+    """``(x, y)`` pairs of a task split in one modality (images rendered from the item's emoji)."""
+    if modality not in MODALITIES:
+        raise TaskvecError(f"modality {modality!r}: use 'text' or 'image'")
+    out = task.pairs(split, modality=modality)
+    if not out:
+        raise TaskvecError(f"task {task.name!r} has no {modality} items in split {split!r}")
+    return out[:limit] if limit else out
+
+
+def zero_shot(task_pairs: Sequence[tuple[Any, str]], template: Template = GENERIC) -> list[Prompt]:
+    """Query-only prompts ``Q:{x}\\nA:`` with labels."""
+    return [icl_prompt([], x, label=y, template=template) for x, y in task_pairs]
+
+
+def with_demos(demo_pairs: Sequence[tuple[Any, str]], query_pairs: Sequence[tuple[Any, str]], s: Setting) -> list[Prompt]:
+    """Few-shot prompts: demonstrations (any modality) drawn with ``s.seed``, then the query.
+
+    Demonstrations and queries may differ in modality (xBase). Draw them from another split than
+    the queries (the paper: validation demonstrations, test queries); within one text split a
+    query's own item is never one of its demonstrations.
+    """
+    return sample_icl_prompts(demo_pairs, query_pairs, n_shots=s.n_shots, seed=s.seed, template=s.template)
+
+
+def score(prompts: Sequence[Prompt], predictions: Sequence[str], s: Setting) -> list[bool]:
+    return [is_correct(p, q.label or "", case_sensitive=s.case_sensitive) for p, q in zip(predictions, prompts)]
+
+
+class Store:
+    """A folder of CSV files, one per unit of work, so long sweeps resume after an interruption.
+
+    Example:
+        >>> st = Store(None)          # no folder: compute every time
+        >>> st.get_or_run("a", lambda: pd.DataFrame({"x": [1]})).x.tolist()
+        [1]
+    """
+
+    def __init__(self, folder: str | Path | None) -> None:
+        self.folder = None if folder is None else Path(folder)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def get_or_run(self, name: str, run: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        if self.folder is None:
+            return run()
+        path = self.folder / f"{name}.csv"
+        if path.exists():
+            return pd.read_csv(path, keep_default_na=False)
+        df = run()
+        tmp = path.with_suffix(".tmp")
+        df.to_csv(tmp, index=False)
+        tmp.replace(path)
+        return df
+
+
+def task_vector(model: Model, task: Any, spec: str, s: Setting, *, split: str = "val") -> TaskVector:
+    """The task's vector from ``spec`` examples of ``split`` (paper: the validation items)."""
+    p = pairs(task, split, spec, s.n_val)
+    return extract_icl(model, p, task=task.name, n_shots=s.n_shots, seeds=s.seeds, template=s.template,
+                       batch_size=s.batch_size, progress=False)
+
+
+def sweep_task(
+    model: Model,
+    vector: TaskVector,
+    task: Any,
+    query: str,
+    s: Setting,
+    *,
+    split: str = "val",
+    allow_transfer: bool = False,
+) -> pd.DataFrame:
+    """Patch the vector at every layer into zero-shot ``query``-modality queries of ``split``."""
+    limit = s.n_val if split == "val" else s.n_test
+    qs = zero_shot(pairs(task, split, query, limit), s.template)
+    df = layer_sweep(model, vector, qs, batch_size=s.batch_size, case_sensitive=s.case_sensitive,
+                     allow_transfer=allow_transfer, progress=False)
+    return df.assign(task=task.name)
+
+
+def baselines(model: Model, task: Any, spec: str, query: str, s: Setting, *, split: str = "test") -> pd.DataFrame:
+    """No Context, Random (majority) and Base/xBase accuracy on ``split`` queries of one task.
+
+    Returns:
+        one row per method: ``task, method, spec, query, accuracy, n``.
+    """
+    limit = s.n_test if split == "test" else s.n_val
+    q_pairs = pairs(task, split, query, limit)
+    demo_pairs = pairs(task, "val", spec)
+    icl = with_demos(demo_pairs, q_pairs, s)
+    alone = zero_shot(q_pairs, s.template)
+    base_name = "Base" if spec == query else "xBase"
+    rows = []
+    preds = predict(model, alone, batch_size=s.batch_size, progress=False)
+    rows.append(("No Context", "-", score(alone, preds, s)))
+    maj = [majority(p.demo_labels) for p in icl]
+    rows.append(("Random", spec, score(icl, maj, s)))
+    preds = predict(model, icl, batch_size=s.batch_size, progress=False)
+    rows.append((base_name, spec, score(icl, preds, s)))
+    return pd.DataFrame([dict(task=task.name, method=m, spec=sp, query=query, accuracy=sum(c) / len(c), n=len(c))
+                         for m, sp, c in rows])
+
+
+def transfer_experiment(
+    model: Model,
+    tasks: Sequence[Any],
+    combos: Sequence[tuple[str, str]],
+    s: Setting,
+    *,
+    store: str | Path | None = None,
+    source: Model | None = None,
+    progress: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Task-vector patching for several spec→query combinations, with the paper's protocol.
+
+    For each combination: vectors from ``spec`` examples of the validation split (from ``source``
+    if given: LLM→VLM transfer), a validation sweep over all layers, one layer chosen by the mean
+    validation accuracy over tasks, test accuracy at that layer; plus No Context / Random /
+    Base / xBase on the test split.
+
+    Args:
+        combos: e.g. ``[("text", "image"), ("image", "image")]``.
+        store: folder for resumable partial results (one CSV per task and unit).
+        source: model to extract vectors from (default: ``model``).
+
+    Returns:
+        ``{"summary": task x method accuracies, "sweep": validation accuracy per layer,
+        "layers": chosen layer per combination}``.
+    """
+    from tqdm.auto import tqdm
+
+    if not tasks:
+        raise TaskvecError("no tasks given")
+    src = source or model
+    st = Store(None if store is None else Path(store) / f"{model.name.replace('/', '_')}-{s.key()}")
+    sweeps, summary, chosen = [], [], []
+    bar = tqdm(total=len(combos) * len(tasks), desc="transfer", disable=not progress)
+    vectors: dict[tuple[str, str], TaskVector] = {}
+    for spec, query in combos:
+        per_combo = []
+        for task in tasks:
+            key = (task.name, spec)
+            tag = f"{'llm-' if source is not None else ''}{task.name}-{spec}-to-{query}"
+
+            def run_sweep(task: Any = task, key: tuple = key) -> pd.DataFrame:
+                if key not in vectors:
+                    vectors[key] = task_vector(src, task, spec, s)
+                return sweep_task(model, vectors[key], task, query, s, allow_transfer=source is not None)
+
+            df = st.get_or_run(f"sweep-{tag}", run_sweep).assign(spec=spec, query=query)
+            per_combo.append(df)
+            bar.update()
+        combo_df = pd.concat(per_combo, ignore_index=True)
+        layer = best_layer(combo_df)
+        chosen.append(dict(spec=spec, query=query, layer=layer))
+        sweeps.append(combo_df)
+        name = ("Patch" if spec == query else "xPatch")
+        for task in tasks:
+            tag = f"{'llm-' if source is not None else ''}{task.name}-{spec}-to-{query}-L{layer}"
+
+            def run_test(task: Any = task, key: tuple = (task.name, spec)) -> pd.DataFrame:
+                if key not in vectors:
+                    vectors[key] = task_vector(src, task, spec, s)
+                qs = zero_shot(pairs(task, "test", query, s.n_test), s.template)
+                preds = patch_predict(model, vectors[key], qs, layer, batch_size=s.batch_size, progress=False,
+                                      allow_transfer=source is not None)
+                c = score(qs, preds, s)
+                return pd.DataFrame([dict(task=task.name, method=name, spec=spec, query=query,
+                                          accuracy=sum(c) / len(c), n=len(c), layer=layer)])
+
+            summary.append(st.get_or_run(f"test-{tag}", run_test))
+            if source is None:
+                summary.append(st.get_or_run(f"baselines-{task.name}-{spec}-to-{query}",
+                                             lambda task=task: baselines(model, task, spec, query, s)))
+    bar.close()
+    out = pd.concat(summary, ignore_index=True)
+    out = out.drop_duplicates(subset=["task", "method", "spec", "query"], keep="first")
+    return {"summary": out, "sweep": pd.concat(sweeps, ignore_index=True), "layers": pd.DataFrame(chosen)}
+
+
+def wide_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Paper-style table: one row per (spec, method, query), one column per task, plus Avg."""
+    label = summary.apply(lambda r: f"{r['spec']} ICL {r['method']} ({r['query']} query)" if r["spec"] != "-"
+                          else f"No Context ({r['query']} query)", axis=1)
+    wide = summary.assign(setting=label).pivot_table(index="setting", columns="task", values="accuracy", sort=False)
+    wide["Avg."] = wide.mean(axis=1)
+    return wide

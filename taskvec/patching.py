@@ -1,0 +1,202 @@
+"""Patching a task vector into zero-shot queries, as an nnsight intervention.
+
+The target is the query ``Q:{x}\\nA:``; at layer L the residual stream at the query's final
+delimiter is **replaced** by the vector's row L (or the row is **added**). Only that prompt
+position is patched; generated tokens are not (design.md §2).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from .batching import batches
+from .errors import TaskvecError
+from .metric import is_correct
+from .model import Batch, Model
+from .prompts import Prompt
+from .vectors import TaskVector
+
+MODES = ("replace", "add")
+
+
+def _layers(model: Model, layers: int | Sequence[int]) -> list[int]:
+    chosen = [layers] if isinstance(layers, int) else list(layers)
+    if not chosen:
+        raise TaskvecError("no layer given: pass a layer index or a list of them")
+    return sorted({model.check_layer(int(layer)) for layer in chosen})
+
+
+def _query_positions(model: Model, batch: Batch) -> torch.Tensor:
+    return torch.tensor([d[-1] for d in model.delimiters(batch)])
+
+
+def patched_logits(
+    model: Model,
+    vector: TaskVector | None,
+    batch: Batch,
+    layers: Sequence[int],
+    *,
+    mode: str = "replace",
+) -> torch.Tensor:
+    """Next-token logits ``[batch, vocab]`` of one batch with the vector patched at ``layers``.
+
+    ``vector=None`` runs the batch unpatched (the same code path, for fair baselines).
+    """
+    if mode not in MODES:
+        raise TaskvecError(f"mode={mode!r}: use one of {MODES}")
+    pos = _query_positions(model, batch)
+    rows = torch.arange(len(batch))
+    values = None if vector is None else vector.vectors.to(model.device, dtype=next(model.hf.parameters()).dtype)
+    with model.trace(batch, logits_to_keep=1):
+        if values is not None:
+            for layer in layers:
+                h = model.residual(model.layers()[layer].output)
+                if mode == "replace":
+                    h[rows, pos] = values[layer]
+                else:
+                    h[rows, pos] += values[layer]
+        logits = model.nn.output.logits[:, -1].save()
+    return logits.float().cpu()
+
+
+def patch_predict(
+    model: Model,
+    vector: TaskVector | None,
+    queries: Sequence[Prompt],
+    layers: int | Sequence[int],
+    *,
+    mode: str = "replace",
+    allow_transfer: bool = False,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy first token of each zero-shot query with the vector patched at ``layers``.
+
+    Args:
+        vector: from :func:`taskvec.extract_icl` / :func:`taskvec.extract_instruction`.
+        queries: zero-shot query prompts (``icl_prompt([], x)``); text or image.
+        layers: one layer or several (patched at each).
+        mode: ``"replace"`` (the paper) or ``"add"``.
+        allow_transfer: accept a vector from another model of the same shape (LLM→VLM).
+
+    Example:
+        >>> qs = [taskvec.icl_prompt([], x, label=y) for x, y in task.pairs("test")]   # doctest: +SKIP
+        >>> taskvec.patch_predict(m, v, qs, layers=6)[:3]                               # doctest: +SKIP
+        ['Paris', 'Tokyo', 'Rome']
+    """
+    if vector is not None:
+        vector.check_compatible(model, allow_transfer=allow_transfer)
+    chosen = _layers(model, layers)
+    preds: list[str] = []
+    for chunk in batches(list(queries), batch_size, desc="patch", progress=progress):
+        ids = patched_logits(model, vector, model.encode(chunk), chosen, mode=mode).argmax(-1)
+        preds.extend(model.tokenizer.decode([int(i)]) for i in ids)
+    return preds
+
+
+def layer_sweep(
+    model: Model,
+    vector: TaskVector,
+    queries: Sequence[Prompt],
+    *,
+    layers: Sequence[int] | None = None,
+    mode: str = "replace",
+    allow_transfer: bool = False,
+    batch_size: int = 32,
+    case_sensitive: bool = True,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Patch at each layer in turn; one batched forward per (layer, batch of queries).
+
+    Each query batch is encoded once and reused for every layer.
+
+    Returns:
+        DataFrame ``layer, query, prediction, label, correct``.
+
+    Example:
+        >>> df = layer_sweep(m, v, val_queries)                          # doctest: +SKIP
+        >>> df.groupby("layer").correct.mean().idxmax()                  # doctest: +SKIP
+        6
+    """
+    vector.check_compatible(model, allow_transfer=allow_transfer)
+    chosen = list(range(model.n_layers)) if layers is None else _layers(model, layers)
+    queries = list(queries)
+    if not queries:
+        raise TaskvecError("no queries given: pass at least one zero-shot query prompt")
+    records = []
+    offset = 0
+    for chunk in batches(queries, batch_size, desc="layer sweep", progress=progress):
+        batch = model.encode(chunk)
+        for layer in chosen:
+            ids = patched_logits(model, vector, batch, [layer], mode=mode).argmax(-1)
+            for i, (q, tid) in enumerate(zip(chunk, ids)):
+                pred = model.tokenizer.decode([int(tid)])
+                records.append(dict(layer=layer, query=offset + i, prediction=pred, label=q.label,
+                                    correct=is_correct(pred, q.label or "", case_sensitive=case_sensitive)))
+        offset += len(chunk)
+    return pd.DataFrame(records)
+
+
+def best_layer(accuracy_by_layer: pd.DataFrame | pd.Series) -> int:
+    """The layer with the highest mean validation accuracy (ties: the earliest layer).
+
+    Accepts a sweep DataFrame (``layer``, ``correct`` and optionally ``task`` columns: the mean is
+    taken per task first, then over tasks, as the paper selects one layer for all tasks) or a
+    Series indexed by layer.
+
+    Example:
+        >>> best_layer(pd.Series([0.1, 0.5, 0.5, 0.2]))
+        1
+    """
+    if isinstance(accuracy_by_layer, pd.DataFrame):
+        df = accuracy_by_layer
+        if "task" in df.columns:
+            series = df.groupby(["task", "layer"]).correct.mean().groupby("layer").mean()
+        else:
+            series = df.groupby("layer").correct.mean()
+    else:
+        series = accuracy_by_layer
+    if series.empty:
+        raise TaskvecError("no accuracies given: run a layer sweep first")
+    best = series.max()
+    return int(series[series == best].index.min())
+
+
+def patch_generate(
+    model: Model,
+    vector: TaskVector,
+    queries: Sequence[Prompt],
+    layers: int | Sequence[int],
+    *,
+    max_new_tokens: int = 8,
+    mode: str = "replace",
+    allow_transfer: bool = False,
+) -> list[str]:
+    """Greedy continuation of each query with the vector patched at the prompt's delimiter only
+    (the first forward); later tokens run unpatched. For qualitative examples.
+
+    Example:
+        >>> patch_generate(m, v, [taskvec.icl_prompt([], "Kenya")], layers=6)   # doctest: +SKIP
+        ['Nairobi\\n\\nQ:']
+    """
+    vector.check_compatible(model, allow_transfer=allow_transfer)
+    if mode not in MODES:
+        raise TaskvecError(f"mode={mode!r}: use one of {MODES}")
+    chosen = _layers(model, layers)
+    batch = model.encode(list(queries))
+    pos = _query_positions(model, batch)
+    rows = torch.arange(len(batch))
+    values = vector.vectors.to(model.device, dtype=next(model.hf.parameters()).dtype)
+    with model.generate(batch, max_new_tokens=max_new_tokens) as tracer:
+        for layer in chosen:
+            h = model.residual(model.layers()[layer].output)
+            if mode == "replace":
+                h[rows, pos] = values[layer]
+            else:
+                h[rows, pos] += values[layer]
+        out = tracer.result.save()
+    new = out[:, batch.input_ids.shape[1]:]
+    return model.tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -1,0 +1,61 @@
+"""t-SNE of task vectors across specifications (colour = task, marker = specification)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import TaskvecError
+from .vectors import TaskVector
+
+
+@dataclass
+class TSNEResult:
+    """2-D embedding of per-prompt task vectors at one layer.
+
+    Attributes:
+        df: columns ``task, spec, x, y`` (one row per prompt vector).
+        layer: the layer embedded.
+    """
+
+    df: pd.DataFrame
+    layer: int
+
+    def figure(self) -> Any:
+        """Scatter with colour = task and marker symbol = specification."""
+        import plotly.express as px
+
+        fig = px.scatter(self.df, x="x", y="y", color="task", symbol="spec",
+                         title=f"t-SNE of task vectors, layer {self.layer}", template="plotly_white")
+        fig.update_traces(marker=dict(size=7, opacity=0.8))
+        return fig
+
+
+def tsne(vectors: Sequence[TaskVector], layer: int, *, seed: int = 0, perplexity: float = 30.0) -> TSNEResult:
+    """Embed every per-prompt vector (``TaskVector.rows``, from ``extract_icl(..., keep=True)``) of
+    several tasks and specifications at one layer in 2-D. An instruction vector (one prompt)
+    contributes its single row.
+
+    Example:
+        >>> r = tsne([v_text, v_image, v_inst], layer=9)     # doctest: +SKIP
+        >>> r.figure()                                       # doctest: +SKIP
+    """
+    from sklearn.manifold import TSNE
+
+    blocks, labels = [], []
+    for v in vectors:
+        rows = v.rows if v.rows is not None else v.vectors[None]
+        if not 0 <= layer < v.n_layers:
+            raise TaskvecError(f"layer {layer} is out of range: vectors have layers 0..{v.n_layers - 1}")
+        blocks.append(rows[:, layer].float().numpy())
+        labels += [(v.task, v.spec)] * rows.shape[0]
+    x = np.concatenate(blocks)
+    if x.shape[0] < 3:
+        raise TaskvecError("t-SNE needs at least 3 vectors: extract with keep=True to get one per prompt")
+    emb = TSNE(n_components=2, perplexity=min(perplexity, (x.shape[0] - 1) / 3), random_state=seed,
+               init="pca").fit_transform(x)
+    df = pd.DataFrame({"task": [t for t, _ in labels], "spec": [s for _, s in labels], "x": emb[:, 0], "y": emb[:, 1]})
+    return TSNEResult(df=df, layer=layer)

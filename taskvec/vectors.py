@@ -1,0 +1,266 @@
+"""Task vectors: extraction from ICL prompts and instructions, ensembles, save/load.
+
+A :class:`TaskVector` is the residual stream at one token, per layer, averaged over many
+prompts: ``[n_layers, d_model]``. For ICL it is read at the delimiter of the *last
+demonstration* (the ``:`` of its ``A:``), for an instruction at its last token (design.md §2).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import nnsight
+import torch
+
+from .batching import batches
+from .errors import TaskvecError
+from .model import Model
+from .prompts import GENERIC, Prompt, Template, instruction_prompt, sample_icl_prompts
+
+SPECS = ("text-icl", "image-icl", "instruction", "ensemble", "custom")
+
+
+@dataclass
+class TaskVector:
+    """A per-layer task vector and what it was made from.
+
+    Attributes:
+        vectors: ``[n_layers, d_model]`` float32.
+        model_name: the model it was extracted from.
+        spec: how the task was specified: ``text-icl``, ``image-icl``, ``instruction``, ``ensemble``.
+        task: task name.
+        n_prompts: how many prompts were averaged.
+        meta: seeds, shots, template, ... (JSON-serialisable).
+        rows: ``[n_prompts, n_layers, d_model]`` per-prompt vectors when extracted with
+            ``keep=True`` (for t-SNE); not saved.
+
+    Example:
+        >>> v = TaskVector(torch.zeros(18, 640), "gemma-3-270m", "text-icl", "country-capital", 30)
+        >>> v.n_layers, v.d_model
+        (18, 640)
+    """
+
+    vectors: torch.Tensor
+    model_name: str
+    spec: str
+    task: str
+    n_prompts: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    rows: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.vectors.dim() != 2:
+            raise TaskvecError(f"a task vector is [n_layers, d_model]; got shape {tuple(self.vectors.shape)}")
+        if self.spec not in SPECS:
+            raise TaskvecError(f"spec {self.spec!r} is not one of {SPECS}")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __repr__(self) -> str:
+        return (f"TaskVector(task={self.task!r}, spec={self.spec!r}, model={self.model_name!r}, "
+                f"[{self.n_layers} x {self.d_model}], n_prompts={self.n_prompts})")
+
+    def _repr_html_(self) -> str:
+        norms = self.vectors.norm(dim=-1)
+        return (f"<b>TaskVector</b> {self.task} &middot; {self.spec} &middot; {self.model_name} &middot; "
+                f"{self.n_layers} layers &times; {self.d_model} &middot; {self.n_prompts} prompts &middot; "
+                f"norm {float(norms.min()):.1f}&ndash;{float(norms.max()):.1f}")
+
+    def check_compatible(self, model: Model, *, allow_transfer: bool = False) -> None:
+        """Raise unless this vector can be patched into ``model``.
+
+        Same width and layer count are required; another model name (LLM→VLM transfer) needs
+        ``allow_transfer=True``.
+        """
+        if self.d_model != model.d_model or self.n_layers != model.n_layers:
+            raise TaskvecError(
+                f"task vector from {self.model_name} is [{self.n_layers} x {self.d_model}] but {model.name} has "
+                f"{model.n_layers} layers of width {model.d_model}: extract the vector from this model (or one of "
+                "the same shape)"
+            )
+        if self.model_name != model.name and not allow_transfer:
+            raise TaskvecError(
+                f"task vector comes from {self.model_name}, not {model.name}: pass allow_transfer=True to patch "
+                "across models of the same shape (e.g. base LLM -> VLM)"
+            )
+
+    def cosine(self, other: "TaskVector") -> torch.Tensor:
+        """Per-layer cosine similarity with another vector of the same shape, ``[n_layers]``."""
+        if other.vectors.shape != self.vectors.shape:
+            raise TaskvecError(f"shapes differ: {tuple(self.vectors.shape)} vs {tuple(other.vectors.shape)}")
+        return torch.nn.functional.cosine_similarity(self.vectors, other.vectors, dim=-1)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``<path>.safetensors`` and ``<path>.json``; returns the safetensors path."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"vectors": self.vectors.contiguous()}, str(stem.with_suffix(".safetensors")))
+        info = dict(model_name=self.model_name, spec=self.spec, task=self.task, n_prompts=self.n_prompts,
+                    n_layers=self.n_layers, d_model=self.d_model, meta=self.meta, format="taskvec.TaskVector/1")
+        stem.with_suffix(".json").write_text(json.dumps(info, indent=2))
+        return stem.with_suffix(".safetensors")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TaskVector":
+        """Read a vector written by :meth:`save` (pass either file or the common stem)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+        st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+        for f in (st, js):
+            if not f.exists():
+                raise TaskvecError(f"cannot load task vector: {f} is missing (save() writes both .safetensors and .json)")
+        info = json.loads(js.read_text())
+        return cls(load_file(str(st))["vectors"], info["model_name"], info["spec"], info["task"], info["n_prompts"],
+                   info.get("meta", {}))
+
+
+class StreamingMean:
+    """Running mean of ``[n_layers, d_model]`` rows in float64: memory does not grow with count.
+
+    Example:
+        >>> s = StreamingMean(); s.add(torch.ones(2, 3, 4)); s.add(3 * torch.ones(1, 3, 4)); float(s.mean()[0, 0])
+        1.6666666666666667
+    """
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, rows: torch.Tensor) -> None:
+        """Add a ``[batch, ...]`` block of rows."""
+        block = rows.detach().to(torch.float64).sum(dim=0).cpu()
+        self.total = block if self.total is None else self.total + block
+        self.count += rows.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        if self.total is None:
+            raise TaskvecError("no rows were added: pass at least one prompt")
+        return self.total / self.count
+
+
+def read_residuals(
+    model: Model,
+    prompts: Sequence[Prompt],
+    *,
+    at: str = "last_demo",
+    batch_size: int = 16,
+    progress: bool = True,
+    keep: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Streaming mean (and optionally every row) of the residual at one token of each prompt.
+
+    Args:
+        at: ``"last_demo"`` (the last demonstration's delimiter), ``"query"`` (the query's
+            delimiter) or ``"last"`` (the last token, for instructions).
+        keep: also return every prompt's ``[n_layers, d_model]`` (for t-SNE); off by default so
+            memory stays constant.
+
+    Returns:
+        ``(mean [n_layers, d_model] float32, rows [n_prompts, n_layers, d_model] or None)``.
+    """
+    if at not in ("last_demo", "query", "last"):
+        raise TaskvecError(f"at={at!r}: use 'last_demo', 'query' or 'last'")
+    if not prompts:
+        raise TaskvecError("no prompts given: pass at least one prompt")
+    acc, kept = StreamingMean(), []
+    n_layers = model.n_layers
+    for chunk in batches(list(prompts), batch_size, desc=f"extract ({at})", progress=progress):
+        batch = model.encode(chunk)
+        if at == "last":
+            pos = model.position(batch, -1)
+        else:
+            delims = model.delimiters(batch)
+            need = 2 if at == "last_demo" else 1
+            for i, d in enumerate(delims):
+                if len(d) < need:
+                    raise TaskvecError(f"prompt {i} has no demonstration: at='last_demo' needs few-shot prompts")
+            pos = torch.tensor([d[-need] for d in delims])
+        rows = torch.arange(len(chunk))
+        with model.trace(batch, logits_to_keep=1) as tracer:
+            saved = nnsight.save([])
+            for layer in range(n_layers):
+                saved.append(model.residual(model.layers()[layer].output)[rows, pos])
+            tracer.stop()
+        block = torch.stack([s.float().cpu() for s in saved], dim=1)  # [b, n_layers, d_model]
+        acc.add(block)
+        if keep:
+            kept.append(block)
+    return acc.mean().float(), (torch.cat(kept) if keep else None)
+
+
+def extract_icl(
+    model: Model,
+    pairs: Sequence[tuple[Any, str]],
+    *,
+    task: str = "custom",
+    n_shots: int = 5,
+    seeds: Sequence[int] = (0,),
+    queries: Sequence[tuple[Any, str]] | None = None,
+    template: Template = GENERIC,
+    batch_size: int = 16,
+    progress: bool = True,
+    keep: bool = False,
+) -> TaskVector:
+    """Task vector from few-shot prompts: for every query item (default: every pair) and seed, an
+    ``n_shots`` prompt from the other pairs; residual at the last demonstration's delimiter; mean.
+
+    ``x`` of a pair may be a PIL image (image ICL on a VLM): the spec is then ``image-icl``.
+
+    Example:
+        >>> v = extract_icl(m, task.pairs("val"), task="country-capital")   # doctest: +SKIP
+        >>> v.vectors.shape                                                  # doctest: +SKIP
+        torch.Size([18, 640])
+    """
+    queries = list(pairs) if queries is None else list(queries)
+    prompts = [p for s in seeds for p in sample_icl_prompts(pairs, queries, n_shots=n_shots, seed=s, template=template)]
+    mean, rows = read_residuals(model, prompts, at="last_demo", batch_size=batch_size, progress=progress, keep=keep)
+    spec = "image-icl" if any(p.images for p in prompts) else "text-icl"
+    return TaskVector(mean, model.name, spec, task, len(prompts),
+                      dict(n_shots=n_shots, seeds=list(seeds), template=template.name, n_pairs=len(pairs)), rows=rows)
+
+
+def extract_instruction(model: Model, instruction: str, *, task: str = "custom") -> TaskVector:
+    """Instruction-based task vector: the instruction alone, last token, every layer.
+
+    Example:
+        >>> extract_instruction(m, "The capital city of the country:").spec   # doctest: +SKIP
+        'instruction'
+    """
+    mean, _ = read_residuals(model, [instruction_prompt(instruction)], at="last", progress=False)
+    return TaskVector(mean, model.name, "instruction", task, 1, dict(instruction=instruction))
+
+
+def ensemble(*vectors: TaskVector, weights: Sequence[float] | None = None) -> TaskVector:
+    """Mean (or weighted mean) of task vectors of one shape, e.g. ``(v_icl + v_inst) / 2``.
+
+    Example:
+        >>> ensemble(v_icl, v_inst).spec     # doctest: +SKIP
+        'ensemble'
+    """
+    if len(vectors) < 2:
+        raise TaskvecError("ensemble() needs at least two task vectors")
+    shape = vectors[0].vectors.shape
+    if any(v.vectors.shape != shape for v in vectors):
+        raise TaskvecError("ensemble() needs vectors of one shape: " + ", ".join(str(tuple(v.vectors.shape)) for v in vectors))
+    w = torch.tensor(list(weights) if weights is not None else [1.0] * len(vectors), dtype=torch.float32)
+    if w.shape[0] != len(vectors) or float(w.sum()) == 0:
+        raise TaskvecError("weights must give one non-zero-sum number per vector")
+    stacked = torch.stack([v.vectors.float() for v in vectors])
+    mean = (stacked * (w / w.sum())[:, None, None]).sum(0)
+    tasks = {v.task for v in vectors}
+    return TaskVector(mean, vectors[0].model_name, "ensemble", tasks.pop() if len(tasks) == 1 else "mixed",
+                      sum(v.n_prompts for v in vectors), dict(parts=[v.spec for v in vectors], weights=w.tolist()))
