@@ -192,6 +192,7 @@ def transfer_experiment(
     if not tasks:
         raise TaskvecError("no tasks given")
     src = source or model
+    prefix = "" if source is None else "from-" + source.name.replace("/", "_") + "-"
     st = Store(None if store is None else Path(store) / f"{model.name.replace('/', '_')}-{s.key()}")
     sweeps, summary, chosen = [], [], []
     bar = tqdm(total=len(combos) * len(tasks), desc="transfer", disable=not progress)
@@ -200,7 +201,7 @@ def transfer_experiment(
         per_combo = []
         for task in tasks:
             key = (task.name, spec)
-            tag = f"{'llm-' if source is not None else ''}{task.name}-{spec}-to-{query}"
+            tag = f"{prefix}{task.name}-{spec}-to-{query}"
 
             def run_sweep(task: Any = task, key: tuple = key) -> pd.DataFrame:
                 if key not in vectors:
@@ -216,7 +217,7 @@ def transfer_experiment(
         sweeps.append(combo_df)
         name = ("Patch" if spec == query else "xPatch")
         for task in tasks:
-            tag = f"{'llm-' if source is not None else ''}{task.name}-{spec}-to-{query}-L{layer}"
+            tag = f"{prefix}{task.name}-{spec}-to-{query}-L{layer}"
 
             def run_test(task: Any = task, key: tuple = (task.name, spec)) -> pd.DataFrame:
                 if key not in vectors:

@@ -1,0 +1,70 @@
+"""Paper Figure 3: the three phases (input, task, answer) of the last token across layers, for
+text ICL and image ICL, on all six tasks.
+
+For each task and specification, 5-shot prompts (the query's own item excluded), logit lens at
+the query's delimiter, summed probability of the task's input / task / answer token sets per
+layer (mean ± std over prompts). Text ICL runs on the LLM and the VLM; image ICL on the VLM.
+
+    python analyses/fig3_phases.py [--quick] [--model VLM] [--llm LLM]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import taskvec  # noqa: E402
+from taskvec.evaluation import pairs  # noqa: E402
+from _common import DEFAULT_LLM, experiment_parser, load_model, save_figure, setting_from, tasks_from, write_table  # noqa: E402
+
+
+def lens_runs(models, tasks, s, n_prompts):
+    """Yield (model, task, spec, LensResult) for every text/image ICL setting that applies."""
+    for model in models:
+        specs = ["text", "image"] if model.is_vlm else ["text"]
+        for task in tasks:
+            for spec in specs:
+                items = pairs(task, "all", spec)
+                queries = items[:n_prompts]
+                prompts = taskvec.sample_icl_prompts(items, queries, n_shots=s.n_shots, seed=s.seed)
+                yield model, task, spec, taskvec.lens(model, prompts, batch_size=s.batch_size, progress=False)
+
+
+def main(argv=None) -> None:
+    ap = experiment_parser(__doc__)
+    ap.add_argument("--llm", default=DEFAULT_LLM, help="also run text ICL on this LLM ('' to skip)")
+    args = ap.parse_args(argv)
+    s = setting_from(args)
+    models = [load_model(args.model, args)] + ([load_model(args.llm, args)] if args.llm else [])
+    n_prompts = 20 if args.quick else 100
+    frames = []
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    runs = list(lens_runs(models, tasks_from(args), s, n_prompts))
+    for model, task, spec, result in runs:
+        ph = result.phases(task.phase_categories())
+        frames.append(ph.df.assign(model=model.name, task=task.name, spec=f"{spec} ICL"))
+    df = pd.concat(frames, ignore_index=True)
+    write_table(df.pivot_table(index=["model", "spec", "task", "layer"], columns="category", values="mean"),
+                "fig3_phases.csv")
+    colors = {"input": "#1f77b4", "task": "#d62728", "answer": "#2ca02c"}
+    for (model_name, spec), sub in df.groupby(["model", "spec"]):
+        names = list(dict.fromkeys(sub.task))
+        fig = make_subplots(rows=2, cols=3, subplot_titles=names)
+        for i, name in enumerate(names):
+            t = sub[sub.task == name]
+            for cat, c in t.groupby("category", sort=False):
+                fig.add_trace(go.Scatter(x=c.layer, y=c["mean"], name=cat, line=dict(color=colors.get(cat)),
+                                         error_y=dict(type="data", array=c["std"], thickness=0.5),
+                                         showlegend=i == 0), row=i // 3 + 1, col=i % 3 + 1)
+        fig.update_layout(title=f"Three phases, {spec} ({model_name})", template="plotly_white", height=650)
+        fig.update_yaxes(range=[0, 1])
+        save_figure(fig, f"fig3_phases_{model_name.replace('/', '_')}_{spec.split()[0]}")
+
+
+if __name__ == "__main__":
+    main()

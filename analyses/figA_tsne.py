@@ -1,0 +1,50 @@
+"""Paper Appendix A.4: t-SNE of task vectors from text ICL, image ICL and instructions, all tasks.
+
+One point per ICL prompt (and one per instruction), colour = task, marker = specification,
+at an early, a middle and a late layer.
+
+    python analyses/figA_tsne.py [--quick] [--model ID] [--layers 2 9 15]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import taskvec  # noqa: E402
+from taskvec.evaluation import pairs  # noqa: E402
+from _common import experiment_parser, load_model, save_figure, setting_from, tasks_from, write_table  # noqa: E402
+
+
+def main(argv=None) -> None:
+    ap = experiment_parser(__doc__)
+    ap.add_argument("--layers", nargs="+", type=int, default=None)
+    args = ap.parse_args(argv)
+    model = load_model(args.model, args)
+    s = setting_from(args)
+    specs = ["text", "image"] if model.is_vlm else ["text"]
+    vectors = []
+    for task in tasks_from(args):
+        for spec in specs:
+            vectors.append(taskvec.extract_icl(model, pairs(task, "val", spec, s.n_val), task=task.name,
+                                               n_shots=s.n_shots, seeds=s.seeds, keep=True, progress=False))
+        vectors.append(taskvec.extract_instruction(model, task.instruction, task=task.name))
+    n = model.n_layers
+    layers = args.layers or [n // 6, n // 2, (5 * n) // 6]
+    frames = []
+    for layer in layers:
+        r = taskvec.tsne(vectors, layer, seed=args.seed)
+        frames.append(r.df.assign(layer=layer))
+        save_figure(r.figure(), f"figA_tsne_layer{layer}")
+    points = pd.concat(frames, ignore_index=True)
+    counts = points.groupby(["layer", "spec"]).size().unstack("spec")
+    print(f"\nt-SNE points per layer and specification ({model.name})")
+    write_table(counts, "figA_tsne_counts.csv")
+    points.to_csv(Path(__file__).parent / "results" / "figA_tsne.csv", index=False)
+
+
+if __name__ == "__main__":
+    main()

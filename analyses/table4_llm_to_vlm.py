@@ -1,0 +1,78 @@
+"""Paper Tables 4 and 7: task vectors from the base LLM patched into the VLM built on it.
+
+For each task: text-ICL vectors from the LLM and from the VLM on the same prompts, their
+per-layer cosine similarity, the random-pair baseline (cosine between VLM vectors of different
+tasks), and test accuracy on image queries of VLM-VLM xPatch and LLM-VLM xPatch (each at its own
+validation-chosen layer).
+
+    python analyses/table4_llm_to_vlm.py [--quick] [--model VLM] [--llm LLM]
+    python analyses/table4_llm_to_vlm.py --model HuggingFaceM4/idefics2-8b --llm mistralai/Mistral-7B-v0.1
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import taskvec  # noqa: E402
+from taskvec.evaluation import task_vector  # noqa: E402
+from _common import DEFAULT_LLM, bar_figure, experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_json, write_table  # noqa: E402
+
+
+def main(argv=None) -> None:
+    ap = experiment_parser(__doc__)
+    ap.add_argument("--llm", default=DEFAULT_LLM, help=f"base LLM of the VLM (default {DEFAULT_LLM})")
+    args = ap.parse_args(argv)
+    vlm, llm = load_model(args.model, args), load_model(args.llm, args)
+    tasks, s = tasks_from(args), setting_from(args)
+    store = store_for(args, "transfer")
+    combos = [("text", "image")]
+    own = taskvec.transfer_experiment(vlm, tasks, combos, s, store=store)
+    cross = taskvec.transfer_experiment(vlm, tasks, combos, s, store=store, source=llm)
+
+    vv = {t.name: task_vector(vlm, t, "text", s) for t in tasks}
+    lv = {t.name: task_vector(llm, t, "text", s) for t in tasks}
+    cos = pd.DataFrame({t: lv[t].cosine(vv[t]).numpy() for t in vv})  # rows = layers
+    cos.index.name = "layer"
+    pairs = list(itertools.permutations(vv, 2))
+    random_cos = pd.Series({layer: sum(float(vv[a].cosine(vv[b])[layer]) for a, b in pairs) / max(len(pairs), 1)
+                            for layer in range(vlm.n_layers)}, name="random pairs")
+    layer_vv = int(own["layers"].layer.iloc[0])
+    layer_lv = int(cross["layers"].layer.iloc[0])
+
+    rows = {"VLM-VLM xPatch": own["summary"].query("method == 'xPatch'").set_index("task").accuracy,
+            "LLM-VLM xPatch": cross["summary"].query("method == 'xPatch'").set_index("task").accuracy}
+    table7 = pd.DataFrame(rows).T
+    table7["Avg."] = table7.mean(axis=1)
+    mean_cos_at = float(cos.loc[layer_lv].mean())
+    table4 = pd.DataFrame({"cosine sim.": [None, mean_cos_at, float(random_cos[layer_lv])],
+                           "avg. accuracy": [table7.loc["VLM-VLM xPatch", "Avg."], table7.loc["LLM-VLM xPatch", "Avg."],
+                                             None]},
+                          index=["VLM-VLM xPatch", "LLM-VLM xPatch", "Random pairs"])
+    print(f"\nTable 4: {llm.name} -> {vlm.name}; layers VLM-VLM {layer_vv}, LLM-VLM {layer_lv}")
+    write_table(table4, "table4_llm_to_vlm.csv")
+    print("\nTable 7 (per task)")
+    write_table(table7, "table7_llm_to_vlm_per_task.csv")
+    write_table(cos.assign(**{"random pairs": random_cos}), "table4_cosine_per_layer.csv")
+    write_json("table4_llm_to_vlm.json", {"llm": llm.name, "vlm": vlm.name, "layer_vlm_vlm": layer_vv,
+                                          "layer_llm_vlm": layer_lv, "mean_cosine_at_layer": mean_cos_at,
+                                          "random_pair_cosine_at_layer": float(random_cos[layer_lv]),
+                                          "accuracy": table7["Avg."].to_dict()})
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for t in cos.columns:
+        fig.add_trace(go.Scatter(x=cos.index, y=cos[t], name=t, mode="lines"))
+    fig.add_trace(go.Scatter(x=random_cos.index, y=random_cos, name="random pairs", line=dict(dash="dot", color="black")))
+    fig.update_layout(title=f"Cosine similarity of text-ICL task vectors, {llm.name} vs {vlm.name}",
+                      xaxis_title="layer", yaxis_title="cosine", template="plotly_white")
+    save_figure(fig, "table4_cosine_per_layer")
+    save_figure(bar_figure(table7.drop(columns="Avg."), "LLM→VLM transfer, image queries"), "table7_llm_to_vlm")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Paper Table 6: the model's own chat template instead of the generic Q/A template.
+
+Same protocol as Table 3 (image queries): No Context, Image ICL Base, Text ICL xBase, Text ICL
+xPatch, with demonstrations and queries written in the chat template (user turn = input,
+assistant turn = answer; the delimiter is the last token of the assistant header).
+
+    python analyses/table6_template.py [--quick] [--model ID]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import taskvec  # noqa: E402
+from _common import bar_figure, experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_table  # noqa: E402
+from table3_cross_modal import COMBOS, paper_rows  # noqa: E402
+
+
+def main(argv=None) -> None:
+    args = experiment_parser(__doc__).parse_args(argv)
+    model = load_model(args.model, args)
+    template = taskvec.chat_template(model.tokenizer)
+    print(f"chat template: demo {template.demo!r}, query {template.query!r}, marker {template.marker!r}")
+    res = taskvec.transfer_experiment(model, tasks_from(args), COMBOS, setting_from(args, template=template),
+                                      store=store_for(args, "transfer-chat"))
+    wide = paper_rows(res["summary"]).drop(index=["Random", "Image ICL Patch"], errors="ignore")
+    print(f"\nTable 6 (chat template) on {model.name}")
+    write_table(wide, "table6_template.csv")
+    save_figure(bar_figure(wide.drop(columns="Avg."), f"Chat template, image queries ({model.name})"),
+                "table6_template")
+
+
+if __name__ == "__main__":
+    main()
