@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Where results go: analyses/results/, or $TASKVEC_RESULTS (set by `taskvec reproduce --out-dir`).
+RESULTS = Path(os.environ.get("TASKVEC_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def write_json(name: str, data: dict[str, Any]) -> Path:

@@ -13,7 +13,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fig3_phases import lens_runs  # noqa: E402
-from _common import DEFAULT_LLM, experiment_parser, load_model, save_figure, setting_from, tasks_from, write_table  # noqa: E402
+from _common import RESULTS, DEFAULT_LLM, experiment_parser, load_model, save_figure, setting_from, tasks_from, write_table  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -32,7 +32,7 @@ def main(argv=None) -> None:
             title=f"Top-1 decoding per layer: {task.name}, {spec} ICL ({model.name})"),
             f"fig4_top1_{model.name.replace('/', '_')}_{task.name}_{spec}")
     df = pd.concat(rows, ignore_index=True)
-    df.to_csv(Path(__file__).parent / "results" / "fig4_top1_per_layer.csv", index=False)
+    df.to_csv(RESULTS / "fig4_top1_per_layer.csv", index=False)
     most = df.sort_values("share", ascending=False).groupby(["model", "spec", "task", "layer"]).head(1)
     most = most.assign(token=most.token.map(repr)).set_index(["model", "spec", "task", "layer"])
     write_table(most[["token", "share"]], "fig4_most_common_top1.csv")

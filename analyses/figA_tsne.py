@@ -16,7 +16,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import taskvec  # noqa: E402
 from taskvec.evaluation import pairs  # noqa: E402
-from _common import experiment_parser, load_model, save_figure, setting_from, tasks_from, write_table  # noqa: E402
+from _common import RESULTS, experiment_parser, load_model, save_figure, setting_from, tasks_from, write_table  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
     counts = points.groupby(["layer", "spec"]).size().unstack("spec")
     print(f"\nt-SNE points per layer and specification ({model.name})")
     write_table(counts, "figA_tsne_counts.csv")
-    points.to_csv(Path(__file__).parent / "results" / "figA_tsne.csv", index=False)
+    points.to_csv(RESULTS / "figA_tsne.csv", index=False)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import taskvec  # noqa: E402
-from _common import bar_figure, experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_json, write_table  # noqa: E402
+from _common import RESULTS, bar_figure, experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_json, write_table  # noqa: E402
 
 COMBOS = [("image", "image"), ("text", "image")]
 ORDER = ["Random", "No Context", "Image ICL Base", "Image ICL Patch", "Text ICL xBase", "Text ICL xPatch"]
@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     print(f"\nTable 3 on {model.name} ({'quick' if args.quick else 'paper'} setting); layers: "
           + ", ".join(f"{r.spec}->{r.query}: {r.layer}" for r in res["layers"].itertuples()))
     write_table(wide, "table3_cross_modal.csv")
-    res["summary"].to_csv(Path(__file__).parent / "results" / "table3_cross_modal_long.csv", index=False)
+    res["summary"].to_csv(RESULTS / "table3_cross_modal_long.csv", index=False)
     write_json("table3_cross_modal.json", {"model": model.name, "quick": args.quick,
                                            "layers": res["layers"].to_dict("records"),
                                            "average": wide["Avg."].to_dict()})

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 EPILOG = """examples:
-  taskvec demo                                  # 5-shot vs 0-shot and a logit-lens summary on gemma-3-270m
+  taskvec demo                                  # the main demo on the embedded models
   taskvec models                                # embedded models and supported architectures
   taskvec lens "Q:France\\nA:Paris\\n\\nQ:Japan\\nA:" --top-k 3
+  taskvec extract --task country-capital --out vectors/cc      # a text-ICL task vector
+  taskvec patch vectors/cc --task country-capital              # layer search + test accuracy
+  taskvec reproduce table3 --quick                             # run an analyses/ script
 """
 
 
@@ -49,6 +53,119 @@ def _cmd_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task(name: str):  # noqa: ANN202
+    from .tasks import get_task, load_task
+
+    return load_task(name) if name.endswith((".json", ".csv")) else get_task(name)
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from .evaluation import pairs
+    from .loading import load
+    from .vectors import extract_icl, extract_instruction
+
+    model = load(args.model)
+    task = _task(args.task)
+    if args.spec == "instruction":
+        vec = extract_instruction(model, task.instruction, task=task.name)
+    else:
+        items = pairs(task, args.split, args.spec, args.n)
+        vec = extract_icl(model, items, task=task.name, n_shots=args.shots, seeds=tuple(args.seeds),
+                          batch_size=args.batch_size)
+    out = vec.save(args.out)
+    print(f"{vec}\nwrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+def _cmd_patch(args: argparse.Namespace) -> int:
+    from .evaluation import pairs, zero_shot
+    from .inference import predict
+    from .loading import load
+    from .metric import accuracy
+    from .patching import best_layer, layer_sweep, patch_predict
+    from .vectors import TaskVector
+
+    vec = TaskVector.load(args.vector)
+    model = load(args.model or vec.model_name)
+    task = _task(args.task or vec.task)
+    transfer = args.allow_transfer or model.name != vec.model_name
+    val = zero_shot(pairs(task, "val", args.query, args.n_val))
+    test = zero_shot(pairs(task, "test", args.query, args.n_test))
+    if args.layer is None:
+        sweep = layer_sweep(model, vec, val, allow_transfer=transfer, batch_size=args.batch_size)
+        by_layer = sweep.groupby("layer").correct.mean()
+        print("validation accuracy per layer:\n" + by_layer.to_string(float_format=lambda v: f"{v:.2f}"))
+        layer = best_layer(sweep)
+    else:
+        sweep, layer = None, model.check_layer(args.layer)
+    labels = [q.label for q in test]
+    patched = patch_predict(model, vec, test, layer, allow_transfer=transfer, batch_size=args.batch_size)
+    alone = predict(model, test, batch_size=args.batch_size)
+    print(f"\n{task.name}: {len(test)} {args.query} test queries, vector {vec.spec} from {vec.model_name}, layer {layer}")
+    print(f"  no context  {accuracy(alone, labels):.2f}\n  patched     {accuracy(patched, labels):.2f}")
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        import pandas as pd
+
+        pd.DataFrame({"query": [str(q.text) for q in test], "label": labels, "no_context": alone,
+                      "patched": patched}).to_csv(out / "predictions.csv", index=False)
+        if sweep is not None:
+            sweep.to_csv(out / "validation_sweep.csv", index=False)
+        print(f"wrote {out}/predictions.csv" + (" and validation_sweep.csv" if sweep is not None else ""))
+    return 0
+
+
+def analyses_dir() -> Path:
+    """The ``analyses/`` folder of a source checkout (``taskvec reproduce`` runs its scripts)."""
+    from .errors import TaskvecError
+
+    folder = Path(__file__).resolve().parents[1] / "analyses"
+    if not folder.is_dir():
+        raise TaskvecError("taskvec reproduce runs the scripts of a source checkout's analyses/ folder, which this "
+                           "installation lacks: git clone the repository and pip install -e . there")
+    return folder
+
+
+def reproducible() -> dict[str, Path]:
+    """Short name (``table3``, ``fig11``, ``bench_lens``...) -> analyses script."""
+    folder = analyses_dir()
+    scripts = sorted(folder.glob("*.py")) + sorted((folder / "benchmarks").glob("bench_*.py"))
+    out = {}
+    for path in scripts:
+        if path.name.startswith("_"):
+            continue
+        short = path.stem if path.stem.startswith("bench_") else path.stem.split("_")[0]
+        out.setdefault(short, path)
+        out[path.stem] = path
+    return out
+
+
+def _cmd_reproduce(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    import os
+    import subprocess
+
+    from .errors import TaskvecError
+
+    scripts = reproducible()
+    if args.target in (None, "list"):
+        first: dict[Path, str] = {}
+        for short, path in scripts.items():
+            first.setdefault(path, short)
+        print("runnable analyses (taskvec reproduce NAME [script options], e.g. --quick):")
+        for path, short in sorted(first.items(), key=lambda kv: kv[1]):
+            print(f"  {short:<16} analyses/{path.relative_to(analyses_dir()).as_posix()}")
+        return 0
+    if args.target not in scripts:
+        raise TaskvecError(f"unknown analysis {args.target!r}: run 'taskvec reproduce list' to see the names")
+    env = dict(os.environ)
+    if args.out_dir:
+        env["TASKVEC_RESULTS"] = str(Path(args.out_dir).resolve())
+    cmd = [sys.executable, str(scripts[args.target]), *extra]
+    print("running " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd, env=env)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``taskvec`` command."""
     parser = argparse.ArgumentParser(
@@ -79,20 +196,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--position", type=int, default=-1, help="token position (default -1, the last)")
     p.add_argument("--out", help="write the tidy table as CSV here")
     p.set_defaults(func=_cmd_lens)
+
+    p = sub.add_parser("extract", help="extract a task vector (text ICL, image ICL or instruction) and save it",
+                       epilog="examples:\n  taskvec extract --task country-capital --out vectors/cc\n"
+                              "  taskvec extract --model gemma-3-270m-vlm --spec image --task food-color --out vectors/fc",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="gemma-3-270m", help="embedded name, hub id or local folder")
+    p.add_argument("--task", required=True, help="built-in task name, or a .json/.csv task file")
+    p.add_argument("--spec", choices=["text", "image", "instruction"], default="text",
+                   help="how the task is specified (default text ICL)")
+    p.add_argument("--split", default="val", help="split the examples come from (default val)")
+    p.add_argument("-n", type=int, default=None, help="use at most n items of the split")
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="ICL seeds averaged (default 0 1 2)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", required=True, help="path stem: writes STEM.safetensors and STEM.json")
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("patch", help="patch a saved task vector into zero-shot queries: layer search + test accuracy",
+                       epilog="examples:\n  taskvec patch vectors/cc --task country-capital\n"
+                              "  taskvec patch vectors/cc --model gemma-3-270m-vlm --query image --out-dir out/  # LLM->VLM",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("vector", help="path stem of a vector written by 'taskvec extract'")
+    p.add_argument("--model", default=None, help="model to patch into (default: the vector's own model)")
+    p.add_argument("--task", default=None, help="task whose queries are used (default: the vector's task)")
+    p.add_argument("--query", choices=["text", "image"], default="text", help="query modality (default text)")
+    p.add_argument("--layer", type=int, default=None, help="patch at this layer (default: best validation layer)")
+    p.add_argument("--n-val", type=int, default=None)
+    p.add_argument("--n-test", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--allow-transfer", action="store_true", help="accept a vector of another model of the same shape")
+    p.add_argument("--out-dir", default=None, help="write predictions.csv (and the validation sweep) here")
+    p.set_defaults(func=_cmd_patch)
+
+    p = sub.add_parser("reproduce", help="run a paper table / figure / benchmark script of analyses/",
+                       epilog="examples:\n  taskvec reproduce list\n  taskvec reproduce table3 --quick\n"
+                              "  taskvec reproduce fig3 --out-dir my-results --quick",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", nargs="?", default="list", help="short name (table3, fig11, bench_lens...) or 'list'")
+    p.add_argument("--out-dir", default=None, help="write results here instead of analyses/results/")
+    p.set_defaults(func=_cmd_reproduce, passthrough=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``taskvec`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if extra and not getattr(args, "passthrough", False):
+        parser.error("unrecognized arguments: " + " ".join(extra))
     from .errors import TaskvecError
 
     try:
-        return args.func(args)
+        return args.func(args, extra) if getattr(args, "passthrough", False) else args.func(args)
     except TaskvecError as err:
         print(f"taskvec: error: {err}", file=sys.stderr)
         return 2

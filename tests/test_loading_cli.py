@@ -58,7 +58,31 @@ def test_few_shot_beats_zero_shot_on_capitals(gemma):
 
 def test_cli_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "taskvec.cli", "--help"], capture_output=True, text=True, check=True)
-    for cmd in ("demo", "models", "lens"):
+    for cmd in ("demo", "models", "lens", "extract", "patch", "reproduce"):
         assert cmd in out.stdout
     out = subprocess.run([sys.executable, "-m", "taskvec.cli", "models"], capture_output=True, text=True, check=True)
     assert "gemma-3-270m" in out.stdout and "idefics2" in out.stdout
+
+
+def test_cli_reproduce_lists_and_rejects_unknown():
+    out = subprocess.run([sys.executable, "-m", "taskvec.cli", "reproduce", "list"], capture_output=True, text=True,
+                         check=True)
+    assert "table3" in out.stdout and "analyses/table3_cross_modal.py" in out.stdout and "bench_lens" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "taskvec.cli", "reproduce", "tableX"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "taskvec reproduce list" in bad.stderr
+
+
+def test_cli_extract_then_patch(tmp_path):
+    stem = tmp_path / "cc"
+    run = [sys.executable, "-m", "taskvec.cli"]
+    subprocess.run(run + ["extract", "--task", "country-capital", "-n", "12", "--seeds", "0", "--out", str(stem)],
+                   check=True, capture_output=True, text=True)
+    vec = taskvec.TaskVector.load(stem)
+    assert (vec.task, vec.spec, vec.n_prompts) == ("country-capital", "text-icl", 12)
+    out = subprocess.run(run + ["patch", str(stem), "--layer", "6", "--n-test", "10", "--out-dir", str(tmp_path)],
+                         check=True, capture_output=True, text=True)
+    assert "layer 6" in out.stdout and "patched" in out.stdout
+    import pandas as pd
+
+    preds = pd.read_csv(tmp_path / "predictions.csv")
+    assert len(preds) == 10 and list(preds.columns) == ["query", "label", "no_context", "patched"]
