@@ -20,7 +20,8 @@ EPILOG = """examples:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.model, args.task, n_queries=args.n, n_shots=args.shots, seed=args.seed)
+    run_demo(args.model, args.task, vlm_name=args.vlm or None, n_queries=args.n, n_shots=args.shots, seed=args.seed,
+             out=args.out)
     return 0
 
 
@@ -174,12 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="5-shot vs 0-shot accuracy and a logit-lens summary on one task",
-                       epilog="example: taskvec demo --task country-capital -n 50",
+    p = sub.add_parser("demo", help="the main demo: ICL, the three lens phases, text->image xPatch vs xBase, "
+                                    "LLM->VLM cosine, as an HTML report",
+                       epilog="examples:\n  taskvec demo\n  taskvec demo --task food-color -n 60 --out demo.html\n"
+                              "  taskvec demo --vlm ''      # the LLM part only",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gemma-3-270m", help="embedded name, hub id or local folder")
-    p.add_argument("--task", default="country-capital", help="built-in task name")
-    p.add_argument("-n", type=int, default=50, help="test queries (default 50)")
+    p.add_argument("--model", default="gemma-3-270m", help="the LLM: embedded name, hub id or local folder")
+    p.add_argument("--vlm", default="gemma-3-270m-vlm", help="the VLM built on that LLM ('' to skip the VLM parts)")
+    p.add_argument("--task", default="country-capital", help="built-in task name (one of the paper's six)")
+    p.add_argument("--out", default="taskvec-demo.html", help="HTML report path (default taskvec-demo.html)")
+    p.add_argument("-n", type=int, default=40, help="test queries (default 40)")
     p.add_argument("--shots", type=int, default=5, help="demonstrations per prompt (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)

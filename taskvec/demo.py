@@ -1,56 +1,160 @@
-"""The README's first command: a 5-shot vs 0-shot comparison and a logit-lens summary on one task."""
+"""The README's first command: the main findings of the cross-modal paper on the embedded models.
+
+``taskvec demo`` loads the embedded LLM and VLM and shows, in a few minutes on a CPU:
+
+1. 0-shot vs 5-shot accuracy of the LLM on one task, and the logit lens's three phases
+   (input, task, answer) at the query's delimiter;
+2. cross-modal transfer on the VLM: text examples turned into a task vector and patched into
+   image queries (Text ICL xPatch) vs the same examples in the image query's context (xBase)
+   and the query alone (No Context), with the layer chosen on validation queries;
+3. LLM→VLM: per-layer cosine similarity of the text-ICL task vector of the base LLM and of the
+   VLM built on it.
+
+It prints each table and writes a small HTML report with the figures.
+"""
 
 from __future__ import annotations
 
+import html
 import time
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from .evaluation import Setting, task_vector, transfer_experiment, wide_table
 from .inference import predict
 from .lens import lens
 from .loading import DEFAULT_MODEL, load
 from .metric import accuracy
 from .prompts import icl_prompt, sample_icl_prompts
 
+DEFAULT_VLM = "gemma-3-270m-vlm"
 
-def run_demo(model_name: str = DEFAULT_MODEL, task_name: str = "country-capital", *, n_queries: int = 50,
-             n_shots: int = 5, seed: int = 0, progress: bool = True) -> dict:
-    """Load a model, compare 0-shot with ``n_shots``-shot accuracy on a task, and summarise the lens.
 
-    Returns a dict with ``zero_shot``, ``few_shot`` accuracies and the lens ``phases`` table;
-    prints a readable report.
+def _fmt(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def text_icl_section(model: Any, task: Any, *, n_queries: int, n_shots: int, seed: int,
+                     progress: bool) -> tuple[pd.DataFrame, Any]:
+    """0-shot vs few-shot accuracy and the lens phases of the few-shot prompts on one model."""
+    queries = task.pairs("test")[:n_queries]
+    few = sample_icl_prompts(task.pairs("val"), queries, n_shots=n_shots, seed=seed)
+    zero = [icl_prompt([], x, label=y) for x, y in queries]
+    labels = [y for _, y in queries]
+    table = pd.DataFrame({
+        "setting": ["0-shot (query alone)", f"{n_shots}-shot ICL"],
+        "accuracy": [accuracy(predict(model, zero, progress=progress), labels),
+                     accuracy(predict(model, few, progress=progress), labels)],
+    })
+    result = lens(model, few[:20], progress=progress)
+    phases = result.phases(task.phase_categories(), title=f"{task.name}: {n_shots}-shot text ICL ({model.name})")
+    return table, phases
+
+
+def cross_modal_section(vlm: Any, task: Any, s: Setting, *, progress: bool) -> tuple[pd.DataFrame, int]:
+    """Text ICL xPatch vs xBase vs No Context on image queries (layer chosen on validation)."""
+    res = transfer_experiment(vlm, [task], [("text", "image")], s, progress=progress)
+    table = wide_table(res["summary"]).drop(columns="Avg.")
+    return table, int(res["layers"].layer.iloc[0])
+
+
+def llm_vlm_cosine(llm: Any, vlm: Any, task: Any, s: Setting) -> pd.Series:
+    """Per-layer cosine of the text-ICL task vectors of the base LLM and of the VLM."""
+    return pd.Series(task_vector(llm, task, "text", s).cosine(task_vector(vlm, task, "text", s)).numpy(),
+                     name="cosine").rename_axis("layer")
+
+
+def _cosine_figure(cos: pd.Series, llm: str, vlm: str) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=list(cos.index), y=list(cos.values), mode="lines+markers"))
+    fig.update_layout(title=f"Cosine of text-ICL task vectors: {llm} vs {vlm}", xaxis_title="layer",
+                      yaxis_title="cosine similarity", yaxis_range=[0, 1.05], template="plotly_white")
+    return fig
+
+
+def _bar_figure(table: pd.DataFrame, title: str) -> Any:
+    import plotly.graph_objects as go
+
+    col = table.columns[0]
+    fig = go.Figure(go.Bar(x=list(table.index), y=list(table[col])))
+    fig.update_layout(title=title, yaxis_title="accuracy", yaxis_range=[0, 1], template="plotly_white")
+    return fig
+
+
+def write_report(path: Path, sections: list[tuple[str, pd.DataFrame | pd.Series | None, Any]]) -> Path:
+    """An HTML page with one heading, table and plotly figure per section (plotly.js inlined once)."""
+    parts = ["<html><head><meta charset='utf-8'><title>taskvec demo</title></head><body>",
+             "<h1>taskvec demo</h1>"]
+    first = True
+    for title, table, fig in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if table is not None:
+            parts.append(table.to_frame().to_html(float_format=_fmt) if isinstance(table, pd.Series)
+                         else table.to_html(float_format=_fmt))
+        if fig is not None:
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False))
+            first = False
+    parts.append("<p><small>Images: OpenMoji, CC BY-SA 4.0.</small></p></body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def run_demo(model_name: str = DEFAULT_MODEL, task_name: str = "country-capital", *, vlm_name: str | None = DEFAULT_VLM,
+             n_queries: int = 40, n_val: int = 20, n_shots: int = 5, seed: int = 0,
+             out: str | Path = "taskvec-demo.html", progress: bool = True) -> dict[str, Any]:
+    """Run the demo, print its tables and write the HTML report.
+
+    Args:
+        model_name: the LLM (default the embedded Gemma-3-270m).
+        task_name: a built-in task with images (one of the paper's six).
+        vlm_name: the VLM built on the LLM (default the embedded one); ``None`` skips the VLM parts.
+        n_queries: test queries per setting; n_val: validation queries for the layer search.
+        out: path of the HTML report.
+
+    Returns:
+        ``{"icl": DataFrame, "phases": DataFrame, "cross_modal": DataFrame, "layer": int,
+        "cosine": Series, "report": Path}`` (VLM entries absent when ``vlm_name`` is None).
 
     Example:
-        >>> run_demo(n_queries=10)     # doctest: +SKIP
+        >>> run_demo(n_queries=10, out="demo.html")     # doctest: +SKIP
     """
     from .tasks import get_task
 
     t0 = time.time()
-    model = load(model_name)
     task = get_task(task_name)
-    queries = task.pairs("test")[:n_queries]
-    demos = task.pairs("val")
-    few = sample_icl_prompts(demos, queries, n_shots=n_shots, seed=seed)
-    zero = [icl_prompt([], x, label=y) for x, y in queries]
-    labels = [y for _, y in queries]
-    few_pred = predict(model, few, progress=progress)
-    zero_pred = predict(model, zero, progress=progress)
-    acc_few, acc_zero = accuracy(few_pred, labels), accuracy(zero_pred, labels)
-
-    print(f"\n{model}\ntask {task.name}: {len(queries)} test queries, demonstrations from the validation split\n")
-    table = pd.DataFrame({"setting": ["0-shot (query alone)", f"{n_shots}-shot ICL"], "accuracy": [acc_zero, acc_few]})
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    examples = pd.DataFrame({"query": [q for q, _ in queries[:5]], "label": labels[:5],
-                             "0-shot": zero_pred[:5], f"{n_shots}-shot": few_pred[:5]})
-    print("\nfirst predictions:\n" + examples.to_string(index=False))
-
-    result = lens(model, few[:20], progress=progress)
-    phases = result.phases(task.phase_categories(), title=f"{task.name}: {n_shots}-shot ICL")
-    pivot = phases.df.pivot(index="layer", columns="category", values="mean")
-    top1 = result.top1().groupby("layer")["token"].agg(lambda s: s.value_counts().index[0])
-    summary = pivot.assign(top1=top1.map(repr))
-    print(f"\nlogit lens at the query's delimiter ({len(result.prompts)} prompts): mean probability per category "
-          "and the most common top-1 token per layer")
-    print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"\ndone in {time.time() - t0:.0f} s")
-    return {"zero_shot": acc_zero, "few_shot": acc_few, "phases": phases.df}
+    llm = load(model_name)
+    icl, phases = text_icl_section(llm, task, n_queries=n_queries, n_shots=n_shots, seed=seed, progress=progress)
+    print(f"\n{llm}\n1. {task.name}: {n_queries} test queries, demonstrations from the validation split")
+    print(icl.to_string(index=False, float_format=_fmt))
+    pivot = phases.df.pivot(index="layer", columns="category", values="mean")[["input", "task", "answer"]]
+    print("\n   logit lens at the query's delimiter: mean probability of each token set per layer")
+    print(pivot.to_string(float_format=lambda v: f"{v:.3f}"))
+    out_dict: dict[str, Any] = {"icl": icl, "phases": phases.df}
+    sections: list[tuple[str, Any, Any]] = [
+        (f"0-shot vs {n_shots}-shot on {task.name} ({llm.name})", icl.set_index("setting"), None),
+        ("The three phases (logit lens)", None, phases.figure()),
+    ]
+    if vlm_name:
+        vlm = load(vlm_name)
+        s = Setting(n_shots=n_shots, seeds=(seed,), seed=seed, n_val=n_val, n_test=n_queries)
+        cross, layer = cross_modal_section(vlm, task, s, progress=progress)
+        print(f"\n{vlm}\n2. text examples -> image queries ({task.name}), layer {layer} chosen on "
+              f"{n_val} validation queries")
+        print(cross.to_string(float_format=_fmt))
+        cos = llm_vlm_cosine(llm, vlm, task, s)
+        print(f"\n3. LLM -> VLM: cosine of the text-ICL task vectors of {llm.name} and {vlm.name} per layer")
+        print(cos.to_frame().T.to_string(float_format=_fmt))
+        sections += [
+            (f"Cross-modal transfer: text examples, image queries ({vlm.name}, layer {layer})", cross,
+             _bar_figure(cross, f"{task.name}: image queries")),
+            ("LLM → VLM task-vector cosine per layer", cos, _cosine_figure(cos, llm.name, vlm.name)),
+        ]
+        out_dict.update(cross_modal=cross, layer=layer, cosine=cos)
+    report = write_report(Path(out), sections)
+    print(f"\nwrote {report}\ndone in {time.time() - t0:.0f} s")
+    out_dict["report"] = report
+    return out_dict
