@@ -21,6 +21,7 @@ from .model import Batch, Model
 from .patching import best_layer, layer_sweep, patch_generate, patch_predict
 from .prompts import GENERIC, IMAGE, Prompt, Template, chat_template, icl_prompt, instruction_prompt, sample_icl_prompts
 
+from .tasks import PAPER_TASKS, TEXT_TASKS, Task, get_task, list_tasks, load_task
 from .tsne import TSNEResult, tsne
 from .vectors import TaskVector, ensemble, extract_icl, extract_instruction, read_residuals
 
@@ -48,8 +49,14 @@ __all__ = [
     "layer_sweep",
     "lens",
     "LensResult",
+    "get_task",
     "list_models",
+    "list_tasks",
     "load",
+    "load_task",
+    "PAPER_TASKS",
+    "Task",
+    "TEXT_TASKS",
     "majority",
     "Model",
     "patch_generate",

@@ -33,6 +33,24 @@ def _font(px: int):  # noqa: ANN202
     return ImageFont.truetype(str(font_path()), px, layout_engine=ImageFont.Layout.RAQM)
 
 
+def has_glyph(emoji: str) -> bool:
+    """True if OpenMoji draws ``emoji`` as one glyph (a flag's two regional indicators and ZWJ
+    sequences included); False for characters the font lacks (they would draw as the empty box).
+
+    Example:
+        >>> has_glyph("🇫🇷"), has_glyph("🐻\u200d❄️"), has_glyph("x"), has_glyph("🐺🐺")
+        (True, True, False, False)
+    """
+    if not emoji:
+        return False
+    font = _font(64)
+    one = font.getlength("\U0001F43A")  # every OpenMoji glyph has the same advance
+    notdef = font.getmask("\u0378")  # an unassigned code point: the font's empty-box glyph
+    mask = font.getmask(emoji)
+    is_notdef = mask.size == notdef.size and bytes(mask) == bytes(notdef)
+    return font.getlength(emoji) == one and not is_notdef
+
+
 def render_emoji(
     emoji: str,
     size: int = 224,
@@ -65,6 +83,8 @@ def render_emoji(
         raise TaskvecError("render_emoji() got an empty string: pass an emoji character or sequence")
     if size < 8:
         raise TaskvecError(f"size {size} is too small to draw an emoji: use 8 pixels or more")
+    if not has_glyph(emoji):
+        raise TaskvecError(f"OpenMoji has no glyph for {emoji!r}: pick an emoji the font covers")
     canvas = 2 * size  # draw large, rotate, then crop the centre so rotation never clips
     glyph = Image.new("RGBA", (canvas, canvas), (0, 0, 0, 0))
     ImageDraw.Draw(glyph).text(
