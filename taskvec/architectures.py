@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any
+from typing import Any, Callable
 
 from .errors import TaskvecError
 
@@ -34,6 +34,10 @@ class Architecture:
             ``processor.NAME`` (e.g. Gemma3's ``boi_token``).
         images_per_prompt_nested: the processor wants images as one list per prompt
             (``[[img, img], [img]]``) rather than one flat list.
+        max_images_per_prompt: how many images the processor accepts in one prompt (``None``:
+            any number). Fuyu's processor takes one and always puts it before the text.
+        fix_processor: applied to the processor right after loading, to work around a known
+            transformers bug (``None``: nothing to fix).
         is_vlm: the model takes images.
 
     Example:
@@ -50,7 +54,30 @@ class Architecture:
     k_proj: str = "self_attn.k_proj"
     image_token: str | None = None
     images_per_prompt_nested: bool = True
+    max_images_per_prompt: int | None = None
+    fix_processor: Callable[[Any], Any] | None = None
     is_vlm: bool = False
+
+
+def _fuyu_patchify_tensors(processor: Any) -> Any:
+    """transformers 5.23: without torchvision, ``FuyuProcessor`` hands torch tensors to the PIL image
+    processor's ``patchify_image``, which only handles numpy arrays (``TypeError: transpose()``).
+    Route tensors through numpy on this one processor instance; nothing changes with torchvision."""
+    import numpy as np
+    import torch
+
+    images = processor.image_processor
+    numpy_only = images.patchify_image
+    if not type(images).__name__.endswith("Pil"):
+        return processor
+
+    def patchify_image(image: Any, patch_size: Any = None) -> Any:
+        if isinstance(image, torch.Tensor):
+            return torch.from_numpy(np.ascontiguousarray(numpy_only(image.numpy(), patch_size=patch_size)))
+        return numpy_only(image, patch_size=patch_size)
+
+    images.patchify_image = patchify_image
+    return processor
 
 
 _TEXT = Architecture(layers="model.layers", norm="model.norm")
@@ -88,8 +115,12 @@ ARCHITECTURES: dict[str, Architecture] = {
         out_proj="self_attn.dense",
         q_proj="self_attn.query_key_value",
         k_proj="self_attn.query_key_value",
-        image_token="processor:image_token",
-        images_per_prompt_nested=False,
+        # FuyuProcessor prepends the image (patch tokens + newlines) to its prompt's text itself,
+        # so the placeholder becomes nothing; it handles one image per prompt.
+        image_token="",
+        images_per_prompt_nested=True,
+        max_images_per_prompt=1,
+        fix_processor=_fuyu_patchify_tensors,
         is_vlm=True,
     ),
 }

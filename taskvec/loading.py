@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -122,8 +123,55 @@ def converted_dir(name: str) -> Path:
     return target
 
 
-def _is_vlm_config(config: Any) -> bool:
-    return getattr(config, "vision_config", None) is not None
+@functools.lru_cache(maxsize=None)
+def _image_only(processor_class: type) -> type:
+    """``processor_class`` without its video processor, for image-only use without torchvision.
+
+    transformers builds every video processor with torchvision and requires one for Qwen2-VL,
+    Qwen2.5-VL and SmolVLM processors even when only images are passed; taskvec never passes
+    videos, so the subclass drops that one attribute and is otherwise the real processor.
+    """
+    attributes = [a for a in processor_class.get_attributes() if a != "video_processor"]
+    return type(processor_class.__name__, (processor_class,), {
+        "get_attributes": classmethod(lambda cls: list(attributes)),
+        "taskvec_image_only": True,
+        "__doc__": f"{processor_class.__name__} without its video processor (torchvision is not installed).",
+    })
+
+
+def processor_class_for(model_type: str, *, need_video: bool | None = None) -> type | None:
+    """The transformers processor class of a ``config.model_type`` (``None`` if it has none).
+
+    Without torchvision, a class that wants a video processor comes back as its image-only
+    subclass (see :func:`_image_only`); ``need_video`` overrides the torchvision check.
+
+    Example:
+        >>> processor_class_for("llava").__name__
+        'LlavaProcessor'
+    """
+    import transformers
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    from transformers.utils import is_torchvision_available
+
+    name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    if not name:
+        return None
+    cls = getattr(transformers, name)
+    if need_video is None:
+        need_video = is_torchvision_available()
+    if not need_video and "video_processor" in cls.get_attributes():
+        return _image_only(cls)
+    return cls
+
+
+def _load_processor(source: str, model_type: str, **kwargs: Any) -> Any:
+    """``AutoProcessor.from_pretrained``, or the image-only processor when torchvision is missing."""
+    from transformers import AutoProcessor
+
+    cls = processor_class_for(model_type)
+    if getattr(cls, "taskvec_image_only", False):
+        return cls.from_pretrained(source, video_processor=None, **kwargs)
+    return AutoProcessor.from_pretrained(source, **kwargs)
 
 
 def _not_found(name: str, err: Exception) -> TaskvecError:
@@ -173,7 +221,7 @@ def load(
         18
     """
     import nnsight
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TaskvecError(f"load() takes a model name or path, got {type(name_or_path).__name__}")
@@ -185,19 +233,34 @@ def load(
     elif name.startswith(".") or name.startswith("/") or os.path.isdir(name):
         if not os.path.isdir(name):
             raise TaskvecError(f"cannot load model {name!r}: no such directory. Embedded names: {', '.join(EMBEDDED)}")
+    hub_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code", "token", "cache_dir", "local_files_only")}
     try:
-        config = AutoConfig.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code", "token")})
+        config = AutoConfig.from_pretrained(source, **hub_kwargs)
     except (OSError, ValueError) as err:
         raise _not_found(name, err) from err
     arch = architecture_for(config)
-    vlm = _is_vlm_config(config)
+    vlm = arch.is_vlm  # from the table: Fuyu has no vision_config, yet takes images
     task = "image-text-to-text" if vlm else "text-generation"
 
+    try:
+        if vlm:
+            processor = _load_processor(source, config.model_type, **hub_kwargs)
+            tokenizer = processor.tokenizer
+        else:
+            processor = None
+            tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
+    except OSError as err:
+        raise _not_found(name, err) from err
+    if processor is not None and arch.fix_processor is not None:
+        processor = arch.fix_processor(processor)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
     if remote:
-        nn = nnsight.TransformersModel(source, task=task, **kwargs)
-        hf = nn._model
-        tokenizer = getattr(nn, "tokenizer", None)
-        processor = getattr(nn, "processor", None)
+        # the weights stay on NDIF: nnsight builds the model from its config on the meta device
+        nn = nnsight.TransformersModel(source, tokenizer=tokenizer, processor=processor, task=task, **kwargs)
+        hf = nn._module  # the transformers model (weights on the meta device)
     else:
         load_kwargs = dict(kwargs)
         if dtype is None:
@@ -210,12 +273,6 @@ def load(
         auto = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
         try:
             hf = auto.from_pretrained(source, **load_kwargs)
-            if vlm:
-                processor = AutoProcessor.from_pretrained(source)
-                tokenizer = processor.tokenizer
-            else:
-                processor = None
-                tokenizer = AutoTokenizer.from_pretrained(source)
         except OSError as err:
             raise _not_found(name, err) from err
         if device is not None and device_map is None:
@@ -223,10 +280,6 @@ def load(
         hf.eval()
         hf.requires_grad_(False)  # taskvec reads and patches activations; no weight gradients, no autograd graph
         nn = nnsight.TransformersModel(hf, tokenizer=tokenizer, processor=processor, task=task)
-
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return Model(name=name, hf=hf, nn=nn, tokenizer=tokenizer, processor=processor, arch=arch, remote=remote)
 
 

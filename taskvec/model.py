@@ -171,6 +171,14 @@ class Model:
         images = [list(p.images) for p in prompts]
         texts = [p.text for p in prompts]
         if any(images):
+            limit = self.arch.max_images_per_prompt
+            for i, ims in enumerate(images):
+                if limit is not None and len(ims) > limit:
+                    raise TaskvecError(
+                        f"prompt {i} has {len(ims)} images but {type(self.processor).__name__} takes at most {limit} "
+                        f"per prompt: use text demonstrations with an image query (xBase), or a VLM that takes "
+                        "several images (Idefics2, LLaVA, Qwen2-VL, ...)"
+                    )
             img_tok = self.image_token()
             texts = [t.replace(IMAGE, img_tok) for t in texts]
             if self.arch.images_per_prompt_nested:
