@@ -3,7 +3,8 @@
 Both decode the last token of every layer with the final norm and unembedding and take the
 top-k; both use ``logits_to_keep=1`` so neither pays for full-sequence logits (the plain side is
 the fastest version of the by-hand approach). Times are the median of interleaved repeats in one
-process; peak memory is measured in child processes (peak RSS minus RSS after loading).
+process; peak memory is measured in child processes (peak resident memory sampled during the run, minus the
+resident memory after loading and a warm-up batch).
 
     python analyses/benchmarks/bench_lens.py            # 64 five-shot prompts on gemma-3-270m
 """
@@ -46,18 +47,48 @@ def run_plain(m, prompts, batch_size: int, top_k: int) -> None:
                 torch.softmax(head(norm(h[:, -1])).float(), dim=-1).topk(top_k, dim=-1)
 
 
+class PeakRSS:
+    """Samples this process's resident memory every few ms in a thread; ``peak`` is the largest
+    value seen (``ru_maxrss`` cannot be used: it keeps the peak of model loading)."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        import threading
+
+        self.interval, self.peak, self._stop = interval, self.current(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def current() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+
 def child(variant: str, n: int, batch_size: int, top_k: int) -> None:
+    import gc
+
     m = taskvec.load("gemma-3-270m")
     prompts = make_prompts(n)
     run = run_taskvec if variant == "taskvec" else run_plain
     run(m, prompts[:batch_size], batch_size, top_k)  # warm-up
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    import gc
-
     gc.collect()
-    run(m, prompts, batch_size, top_k)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_delta_mb": (peak - base) / 1024}))
+    base = PeakRSS.current()
+    with PeakRSS() as rss:
+        run(m, prompts, batch_size, top_k)
+    print(json.dumps({"peak_delta_mb": (rss.peak - base) / 2**20}))
 
 
 def peak_delta(variant: str, n: int, batch_size: int, top_k: int) -> float:
