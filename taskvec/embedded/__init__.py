@@ -1,0 +1,25 @@
+"""The embedded VLM, ``gemma-3-270m-vlm``: a real ``Gemma3ForConditionalGeneration`` on CPU.
+
+Its language model is the embedded Gemma-3-270m (lightly LoRA-tuned); its SigLIP vision tower
+and projector are trained in this project on OpenMoji renders, to caption images with their
+names (never on the six tasks). Only those trained weights ship (``weights/``, a few MB); the
+full model is assembled once in the user cache by ``taskvec.load("gemma-3-270m-vlm")``.
+See ``docs/embedded-vlm.md`` for the model card and ``analyses/train_embedded_vlm.py`` to retrain.
+
+Example:
+    >>> import taskvec
+    >>> vlm = taskvec.load("gemma-3-270m-vlm")          # doctest: +SKIP
+    >>> type(vlm.hf).__name__                            # doctest: +SKIP
+    'Gemma3ForConditionalGeneration'
+"""
+
+from .assemble import assemble, build_model, read_manifest, weights_dir
+from .concepts import Concept, extra_concepts, task_concepts, training_concepts
+from .spec import BASE_LLM, VLM_NAME, VLMSpec, vlm_config, vlm_processor, vlm_tokenizer
+from .train import TrainConfig, TrainResult, export, train
+
+__all__ = [
+    "assemble", "BASE_LLM", "build_model", "Concept", "export", "extra_concepts", "read_manifest",
+    "task_concepts", "train", "TrainConfig", "training_concepts", "TrainResult", "VLM_NAME", "VLMSpec",
+    "vlm_config", "vlm_processor", "vlm_tokenizer", "weights_dir",
+]

@@ -1,0 +1,124 @@
+"""A low-rank update of the language model: trained as side matrices, shipped small, merged at load.
+
+During training a target ``Linear`` computes ``W x + scale * B (A x)`` with ``W`` frozen; the
+shipped delta is only ``A`` and ``B``; :func:`merge_lora` folds ``scale * B @ A`` into ``W`` so the
+assembled model is a plain transformers model with no extra modules.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..errors import TaskvecError
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + scale * x @ A.T @ B.T`` with ``base`` frozen; ``B`` starts at zero.
+
+    Args:
+        base: the frozen linear layer (``[out, in]`` weight).
+        rank: rank of the update.
+        scale: multiplier of the update.
+
+    Example:
+        >>> layer = LoRALinear(nn.Linear(8, 4, bias=False), rank=2, scale=1.0)
+        >>> layer(torch.zeros(3, 8)).shape
+        torch.Size([3, 4])
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, scale: float) -> None:
+        super().__init__()
+        self.base = base
+        self.scale = scale
+        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features) / base.in_features**0.5)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_A.t().to(x.dtype)) @ self.lora_B.t().to(x.dtype) * self.scale
+
+
+def _targets(layers: nn.ModuleList, paths: Iterable[str]) -> list[tuple[str, nn.Module, str]]:
+    out = []
+    for i, layer in enumerate(layers):
+        for path in paths:
+            *parents, leaf = path.split(".")
+            owner = layer
+            for p in parents:
+                owner = getattr(owner, p)
+            out.append((f"{i}.{path}", owner, leaf))
+    return out
+
+
+def add_lora(layers: nn.ModuleList, paths: Iterable[str], rank: int, scale: float) -> list[nn.Parameter]:
+    """Wrap each ``layers[i].<path>`` Linear in a :class:`LoRALinear`; returns the new parameters.
+
+    Example:
+        >>> ls = nn.ModuleList([nn.Sequential(nn.Linear(4, 4))])
+        >>> len(add_lora(ls, ["0"], rank=2, scale=1.0))
+        2
+    """
+    params: list[nn.Parameter] = []
+    for _, owner, leaf in _targets(layers, paths):
+        base = getattr(owner, leaf)
+        if not isinstance(base, nn.Linear):
+            raise TaskvecError(f"LoRA target {leaf!r} is a {type(base).__name__}, not a Linear: fix VLMSpec.lora_targets")
+        wrapped = LoRALinear(base, rank, scale).to(base.weight.device)
+        setattr(owner, leaf, wrapped)
+        params += [wrapped.lora_A, wrapped.lora_B]
+    return params
+
+
+def lora_state(layers: nn.ModuleList, paths: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The update as ``{"<i>.<path>.lora_A": [r, in], "<i>.<path>.lora_B": [out, r]}``."""
+    out = {}
+    for key, owner, leaf in _targets(layers, paths):
+        mod = getattr(owner, leaf)
+        if isinstance(mod, LoRALinear):
+            out[f"{key}.lora_A"] = mod.lora_A.detach().clone()
+            out[f"{key}.lora_B"] = mod.lora_B.detach().clone()
+    return out
+
+
+def remove_lora(layers: nn.ModuleList, paths: Iterable[str], *, merge: bool) -> None:
+    """Replace each :class:`LoRALinear` by its base layer, folding the update in when ``merge``."""
+    for _, owner, leaf in _targets(layers, paths):
+        mod = getattr(owner, leaf)
+        if isinstance(mod, LoRALinear):
+            if merge:
+                with torch.no_grad():
+                    mod.base.weight += (mod.lora_B.float() @ mod.lora_A.float()).to(mod.base.weight.dtype) * mod.scale
+            setattr(owner, leaf, mod.base)
+
+
+@torch.no_grad()
+def merge_lora(layers: nn.ModuleList, state: dict[str, torch.Tensor], scale: float) -> int:
+    """Add ``scale * B @ A`` to each target weight named in ``state``; returns how many were merged.
+
+    Args:
+        layers: the decoder layers (``model.language_model.layers``).
+        state: as returned by :func:`lora_state` (any float dtype).
+        scale: the update's multiplier (``VLMSpec.lora_scale``).
+
+    Example:
+        >>> ls = nn.ModuleList([nn.Sequential(nn.Linear(2, 2, bias=False))])
+        >>> merge_lora(ls, {"0.0.lora_A": torch.ones(1, 2), "0.0.lora_B": torch.ones(2, 1)}, 1.0)
+        1
+    """
+    n = 0
+    for key in sorted(k for k in state if k.endswith(".lora_A")):
+        stem = key[: -len(".lora_A")]
+        index, path = stem.split(".", 1)
+        owner = layers[int(index)]
+        for p in path.split("."):
+            owner = getattr(owner, p)
+        if not isinstance(owner, nn.Linear):
+            raise TaskvecError(f"the shipped LM delta names {stem!r}, which is not a Linear layer: retrain the VLM")
+        delta = state[f"{stem}.lora_B"].float() @ state[key].float() * scale
+        if delta.shape != owner.weight.shape:
+            raise TaskvecError(f"LM delta for {stem!r} has shape {tuple(delta.shape)}, the layer {tuple(owner.weight.shape)}: retrain the VLM")
+        owner.weight += delta.to(owner.weight.dtype)
+        n += 1
+    return n
