@@ -103,6 +103,21 @@ def write_report(path: Path, sections: list[tuple[str, pd.DataFrame | pd.Series 
     return path
 
 
+def _load_vlm(name: str) -> Any:
+    """Load the demo's VLM; for the embedded one whose trained weights are not shipped in this
+    checkout, say so and return ``None`` (the LLM part still runs). Any other failure raises."""
+    from .embedded.assemble import weights_dir
+    from .errors import TaskvecError
+
+    if name == DEFAULT_VLM:
+        try:
+            weights_dir()
+        except TaskvecError as err:
+            print(f"\nThe VLM parts of the demo are skipped: {err}")
+            return None
+    return load(name)
+
+
 def run_demo(model_name: str = DEFAULT_MODEL, task_name: str = "country-capital", *, vlm_name: str | None = DEFAULT_VLM,
              n_queries: int = 40, n_val: int = 20, n_shots: int = 5, seed: int = 0,
              out: str | Path = "taskvec-demo.html", progress: bool = True) -> dict[str, Any]:
@@ -138,8 +153,8 @@ def run_demo(model_name: str = DEFAULT_MODEL, task_name: str = "country-capital"
         (f"0-shot vs {n_shots}-shot on {task.name} ({llm.name})", icl.set_index("setting"), None),
         ("The three phases (logit lens)", None, phases.figure()),
     ]
-    if vlm_name:
-        vlm = load(vlm_name)
+    vlm = _load_vlm(vlm_name) if vlm_name else None
+    if vlm is not None:
         s = Setting(n_shots=n_shots, seeds=(seed,), seed=seed, n_val=n_val, n_test=n_queries)
         cross, layer = cross_modal_section(vlm, task, s, progress=progress)
         print(f"\n{vlm}\n2. text examples -> image queries ({task.name}), layer {layer} chosen on "

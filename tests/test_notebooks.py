@@ -9,8 +9,8 @@ NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
-    names = [p.name[:2] for p in NOTEBOOKS]
-    assert names == ["01", "02", "03", "04", "05"], names
+    assert NOTEBOOKS, "examples/ should hold the notebooks"
+    assert all(p.name[:2].isdigit() and p.name[2] == "_" for p in NOTEBOOKS), [p.name for p in NOTEBOOKS]
 
 
 @pytest.mark.slow
