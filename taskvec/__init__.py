@@ -18,6 +18,10 @@ from .lens import LensResult, PhaseResult, decode, lens, residuals_at
 from .loading import DEFAULT_MODEL, EMBEDDED, list_models, load
 from .metric import accuracy, is_correct, majority
 from .model import Batch, Model
+from .heads import HeadFit, HeadIntervention, head_activations, read_heads, write_heads
+from .mimic import MimIC, fit_mimic
+from .mtv import fit_mtv, mtv_means
+from .stv import Deltas, activation_deltas, delta_heatmap, fit_stv
 from .patching import best_layer, layer_sweep, patch_generate, patch_predict
 from .prompts import GENERIC, IMAGE, Prompt, Template, chat_template, icl_prompt, instruction_prompt, sample_icl_prompts
 
@@ -75,4 +79,18 @@ __all__ = [
     "tsne",
     "TSNEResult",
     "wide_table",
+    # many-shot / learned task vectors (MTV, STV, MimIC) and head-level access
+    "activation_deltas",
+    "Deltas",
+    "delta_heatmap",
+    "fit_mimic",
+    "fit_mtv",
+    "fit_stv",
+    "head_activations",
+    "HeadFit",
+    "HeadIntervention",
+    "MimIC",
+    "mtv_means",
+    "read_heads",
+    "write_heads",
 ]

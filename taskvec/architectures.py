@@ -29,6 +29,8 @@ class Architecture:
             (its *input* is the per-head output ``[batch, seq, n_heads * d_head]``).
         q_proj, k_proj: paths relative to one decoder layer of the query / key projections
             (MimIC needs the query and the keys).
+        q_norm, k_norm: paths of the per-head query / key norms applied before the rotary
+            embedding (Gemma-3, Qwen3), ``None`` when the architecture has none.
         image_token: the text a prompt uses for one image, which the processor expands into the
             image's embeddings (``None`` for text-only models). ``"processor:NAME"`` reads
             ``processor.NAME`` (e.g. Gemma3's ``boi_token``).
@@ -52,6 +54,8 @@ class Architecture:
     out_proj: str = "self_attn.o_proj"
     q_proj: str = "self_attn.q_proj"
     k_proj: str = "self_attn.k_proj"
+    q_norm: str | None = None
+    k_norm: str | None = None
     image_token: str | None = None
     images_per_prompt_nested: bool = True
     max_images_per_prompt: int | None = None
@@ -81,6 +85,8 @@ def _fuyu_patchify_tensors(processor: Any) -> Any:
 
 
 _TEXT = Architecture(layers="model.layers", norm="model.norm")
+_QK_NORM = dict(q_norm="self_attn.q_norm", k_norm="self_attn.k_norm")
+_TEXT_QK_NORM = Architecture(layers="model.layers", norm="model.norm", **_QK_NORM)
 _VLM_LANGUAGE_MODEL = dict(
     layers="model.language_model.layers", norm="model.language_model.norm", is_vlm=True
 )
@@ -92,10 +98,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     "llama": _TEXT,
     "mistral": _TEXT,
     "qwen2": _TEXT,
-    "qwen3": _TEXT,
+    "qwen3": _TEXT_QK_NORM,
     "gemma": _TEXT,
     "gemma2": _TEXT,
-    "gemma3_text": _TEXT,
+    "gemma3_text": _TEXT_QK_NORM,
     # vision-language models
     "llava": Architecture(**_VLM_LANGUAGE_MODEL, image_token="processor:image_token", images_per_prompt_nested=False),
     "llava_next": Architecture(**_VLM_LANGUAGE_MODEL, image_token="processor:image_token", images_per_prompt_nested=False),
@@ -108,7 +114,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen2_5_vl": Architecture(
         **_VLM_LANGUAGE_MODEL, image_token="<|vision_start|><|image_pad|><|vision_end|>", images_per_prompt_nested=False
     ),
-    "gemma3": Architecture(**_VLM_LANGUAGE_MODEL, image_token="processor:boi_token"),
+    "gemma3": Architecture(**_VLM_LANGUAGE_MODEL, **_QK_NORM, image_token="processor:boi_token"),
     "fuyu": Architecture(
         layers="model.language_model.layers",
         norm="model.language_model.final_layernorm",
