@@ -107,7 +107,8 @@ def write_heads(
     """Inside a trace: replace (or add to) head outputs of ``layer`` at ``(rows, pos)``.
 
     Args:
-        rows, pos: ``[n]`` batch rows and token positions (``pos`` may be an int, e.g. ``-1``).
+        rows: ``[n]`` batch rows.
+        pos: ``[n]`` token positions, or one int for every row (e.g. ``-1``).
         values: ``[n_heads, d_head]`` (same for every row) or ``[n, n_heads, d_head]``.
         mask: which heads to write, ``[n_heads]`` or ``[n, n_heads]`` bool; ``None``: all.
         mode: ``"replace"`` or ``"add"``.

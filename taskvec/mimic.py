@@ -45,7 +45,9 @@ class MimIC(torch.nn.Module):
     """Per-head learnable shifts with query-dependent magnitude, for one model shape.
 
     Args:
-        n_layers, n_heads, d_head: the model's shape (use :meth:`for_model`).
+        n_layers: the model's decoder layers (use :meth:`for_model` to read the shape off a model).
+        n_heads: attention heads per layer.
+        d_head: width of one head.
         layers: decoder layers that get a shift (default: all).
         model_name: provenance, checked on load.
 

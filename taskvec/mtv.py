@@ -76,7 +76,10 @@ def mtv_search(
     Args:
         means: ``[n_layers, n_heads, d_head]`` from :func:`mtv_means`.
         queries: zero-shot queries with labels (``icl_prompt([], x, label=y)``); one per step.
-        steps, n_masks, lr, init_p: REINFORCE settings (MTV: 32 masks, lr 0.1, p≈0.27).
+        steps: REINFORCE steps (one query each).
+        n_masks: masks sampled per step (MTV: 32).
+        lr: Adam learning rate (MTV: 0.1).
+        init_p: initial probability of every head (MTV: 0.27).
 
     Returns:
         ``(policy, history)``; ``policy.probs()`` is ``[n_layers, n_heads]``.

@@ -41,7 +41,8 @@ class Deltas:
         delta: ``[n_layers, n_heads]`` mean ``‖A_ctx − A_query‖₂`` over pairs.
         context: ``[n_pairs, n_layers, n_heads, d_head]`` with-context head outputs at the query's
             last token (the material of the cluster bank), or ``None``.
-        model_name, meta: provenance.
+        model_name: the model the activations come from.
+        meta: how they were computed (pairs, shots, seed, reduce).
         alone: ``[n_pairs, n_layers, n_heads, d_head]`` query-only head outputs, or ``None``.
     """
 
