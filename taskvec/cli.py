@@ -89,7 +89,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
     vec = TaskVector.load(args.vector)
     model = load(args.model or vec.model_name)
     task = _task(args.task or vec.task)
-    transfer = args.allow_transfer or model.name != vec.model_name
+    transfer = model.name != vec.model_name  # --model names another model: LLM->VLM transfer is what was asked
     val = zero_shot(pairs(task, "val", args.query, args.n_val))
     test = zero_shot(pairs(task, "test", args.query, args.n_test))
     if args.layer is None:
@@ -230,7 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-val", type=int, default=None)
     p.add_argument("--n-test", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--allow-transfer", action="store_true", help="accept a vector of another model of the same shape")
     p.add_argument("--out-dir", default=None, help="write predictions.csv (and the validation sweep) here")
     p.set_defaults(func=_cmd_patch)
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import pandas as pd
 
-from .evaluation import Setting, task_vector, transfer_experiment, wide_table
+from .evaluation import Setting, task_vector, transfer_experiment, wide_table, zero_shot
 from .inference import predict
 from .lens import lens
 from .loading import DEFAULT_MODEL, load
 from .metric import accuracy
-from .prompts import icl_prompt, sample_icl_prompts
+from .prompts import sample_icl_prompts
 
 DEFAULT_VLM = "gemma-3-270m-vlm"
 
@@ -41,7 +41,7 @@ def text_icl_section(model: Any, task: Any, *, n_queries: int, n_shots: int, see
     """0-shot vs few-shot accuracy and the lens phases of the few-shot prompts on one model."""
     queries = task.pairs("test")[:n_queries]
     few = sample_icl_prompts(task.pairs("val"), queries, n_shots=n_shots, seed=seed)
-    zero = [icl_prompt([], x, label=y) for x, y in queries]
+    zero = zero_shot(queries)
     labels = [y for _, y in queries]
     table = pd.DataFrame({
         "setting": ["0-shot (query alone)", f"{n_shots}-shot ICL"],
