@@ -23,7 +23,7 @@ from .mimic import MimIC, fit_mimic
 from .mtv import fit_mtv, mtv_means
 from .stv import Deltas, activation_deltas, delta_heatmap, fit_stv
 from .patching import best_layer, layer_sweep, patch_generate, patch_predict
-from .prompts import GENERIC, IMAGE, Prompt, Template, chat_template, icl_prompt, instruction_prompt, sample_icl_prompts
+from .prompts import GENERIC, IMAGE, Prompt, Template, chat_template, icl_prompt, instruction_prompt, sample_icl_prompts, zero_shot
 
 from .tasks import PAPER_TASKS, TEXT_TASKS, Task, get_task, list_tasks, load_task
 from .tsne import TSNEResult, tsne
@@ -79,6 +79,7 @@ __all__ = [
     "tsne",
     "TSNEResult",
     "wide_table",
+    "zero_shot",
     # many-shot / learned task vectors (MTV, STV, MimIC) and head-level access
     "activation_deltas",
     "Deltas",

@@ -22,12 +22,12 @@ from typing import Any
 
 import pandas as pd
 
-from .evaluation import Setting, task_vector, transfer_experiment, wide_table, zero_shot
+from .evaluation import Setting, task_vector, transfer_experiment, wide_table
 from .inference import predict
 from .lens import lens
 from .loading import DEFAULT_MODEL, load
 from .metric import accuracy
-from .prompts import sample_icl_prompts
+from .prompts import sample_icl_prompts, zero_shot
 
 DEFAULT_VLM = "gemma-3-270m-vlm"
 

@@ -22,7 +22,7 @@ from .inference import predict
 from .metric import is_correct, majority
 from .model import Model
 from .patching import best_layer, layer_sweep, patch_predict
-from .prompts import GENERIC, Prompt, Template, icl_prompt, sample_icl_prompts
+from .prompts import GENERIC, Prompt, Template, sample_icl_prompts, zero_shot
 from .vectors import TaskVector, extract_icl
 
 MODALITIES = ("text", "image")
@@ -65,11 +65,6 @@ def pairs(task: Any, split: str, modality: str, limit: int | None = None) -> lis
     if not out:
         raise TaskvecError(f"task {task.name!r} has no {modality} items in split {split!r}")
     return out[:limit] if limit else out
-
-
-def zero_shot(task_pairs: Sequence[tuple[Any, str]], template: Template = GENERIC) -> list[Prompt]:
-    """Query-only prompts ``Q:{x}\\nA:`` with labels."""
-    return [icl_prompt([], x, label=y, template=template) for x, y in task_pairs]
 
 
 def with_demos(demo_pairs: Sequence[tuple[Any, str]], query_pairs: Sequence[tuple[Any, str]], s: Setting) -> list[Prompt]:

@@ -28,7 +28,7 @@ from .errors import TaskvecError
 from .heads import HeadActivations, HeadFit, HeadIntervention, head_activations, replaced_logits
 from .metric import is_correct
 from .model import Model
-from .prompts import GENERIC, Prompt, Template, icl_prompt
+from .prompts import GENERIC, Prompt, Template, zero_shot
 from .reinforce import BernoulliPolicy, first_token_reward, reinforce
 from .targets import RepeatedQueries, first_answer_ids
 from .trials import cyclic_order, icl_trials, split_pairs
@@ -205,13 +205,13 @@ def fit_mtv(
     acts = mtv_means(model, pairs, n_trials=n_trials, n_shots=n_shots, seed=seed, template=template,
                      batch_size=batch_size, progress=progress)
     t["means"] = time.perf_counter() - start
-    queries = [icl_prompt([], x, label=y, template=template) for x, y in train]
+    queries = zero_shot(train, template)
     start = time.perf_counter()
     policy, history = mtv_search(model, acts.mean, queries, steps=steps, n_masks=n_masks, lr=lr, init_p=init_p,
                                  seed=seed, template=template, progress=progress)
     t["location_search"] = time.perf_counter() - start
     start = time.perf_counter()
-    held_q = [icl_prompt([], x, label=y, template=template) for x, y in held]
+    held_q = zero_shot(held, template)
     mask, table = mtv_select(model, acts.mean, policy, held_q, n_candidates=n_candidates, seed=seed, template=template)
     t["selection"] = time.perf_counter() - start
     meta = dict(task=task, n_trials=n_trials, n_shots=n_shots, steps=steps, n_masks=n_masks, lr=lr, init_p=init_p,

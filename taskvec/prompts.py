@@ -195,6 +195,16 @@ def sample_icl_prompts(
     return prompts
 
 
+def zero_shot(pairs: Sequence[tuple[Any, str]], template: Template = GENERIC) -> list[Prompt]:
+    """Query-only prompts (``Q:{x}\\nA:`` with the generic template), one per pair, labelled with ``y``.
+
+    Example:
+        >>> [p.text for p in zero_shot([("France", "Paris")])], zero_shot([("France", "Paris")])[0].label
+        (['Q:France\\nA:'], 'Paris')
+    """
+    return [icl_prompt([], x, label=y, template=template) for x, y in pairs]
+
+
 def _same_input(a: Any, b: Any) -> bool:
     if isinstance(a, str) and isinstance(b, str):
         return a == b

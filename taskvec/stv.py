@@ -27,7 +27,7 @@ import torch
 from .errors import TaskvecError
 from .heads import HeadFit, HeadIntervention, head_activations, replaced_logits
 from .model import Model
-from .prompts import GENERIC, Prompt, Template, icl_prompt
+from .prompts import GENERIC, Prompt, Template, zero_shot
 from .reinforce import CategoricalPolicy, first_token_reward, reinforce
 from .targets import RepeatedQueries
 from .trials import cyclic_order, icl_trials
@@ -312,7 +312,7 @@ def fit_stv(
     bank = cluster_bank(deltas.context, mask, n_clusters, seed=seed)
     t["bank"] = time.perf_counter() - start
     start = time.perf_counter()
-    queries = [icl_prompt([], x, label=y, template=template) for x, y in pairs]
+    queries = zero_shot(pairs, template)
     policy, history = stv_search(model, mask, bank, queries, steps=steps, n_samples=n_samples, lr=lr, seed=seed,
                                  template=template, progress=progress)
     t["policy"] = time.perf_counter() - start

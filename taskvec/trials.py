@@ -10,7 +10,7 @@ import random
 from typing import Any, Sequence
 
 from .errors import TaskvecError
-from .prompts import GENERIC, Prompt, Template, icl_prompt, sample_icl_prompts
+from .prompts import GENERIC, Prompt, Template, sample_icl_prompts, zero_shot
 
 
 def icl_trials(
@@ -48,7 +48,7 @@ def icl_trials(
         queries.extend(order)
     queries = queries[:n_trials]
     ctx = sample_icl_prompts(pairs, queries, n_shots=n_shots, seed=rng.randrange(2**31), template=template)
-    alone = [icl_prompt([], x, label=y, template=template) for x, y in queries]
+    alone = zero_shot(queries, template)
     return ctx, alone
 
 
