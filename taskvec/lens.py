@@ -263,19 +263,23 @@ def _dtype(model: Model) -> torch.dtype:
     return next(model.hf.parameters()).dtype
 
 
-def _topk_table(model: Model, hidden: torch.Tensor, layers: list[int], top_k: int, offset: int = 0) -> pd.DataFrame:
+def _topk_table(model: Model, hidden: torch.Tensor, layers: list[int], top_k: int, offset: int = 0,
+                chunk: int = 16) -> pd.DataFrame:
+    """Top-k rows per (prompt, layer); full-vocabulary logits exist for ``chunk`` prompts at a time."""
     records: dict[str, list] = {k: [] for k in ("prompt", "layer", "rank", "token", "token_id", "probability", "logit")}
     convert = model.tokenizer.decode
+    steps = [(j, layer, start) for j, layer in enumerate(layers) for start in range(0, hidden.shape[0], chunk)]
     with torch.no_grad():
-        for j, layer in enumerate(layers):
-            logits = model.unembed(hidden[:, j].to(model.device, dtype=_dtype(model))).float().cpu()
-            probs = torch.softmax(logits, dim=-1)
-            p, idx = probs.topk(top_k, dim=-1)
-            lg = logits.gather(-1, idx)
-            for i in range(hidden.shape[0]):
+        for j, layer, start in steps:
+            logits = model.unembed(hidden[start : start + chunk, j].to(model.device, dtype=_dtype(model))).float()
+            lg, idx = logits.topk(top_k, dim=-1)
+            p = (lg - torch.logsumexp(logits, dim=-1, keepdim=True)).exp().cpu()
+            lg, idx = lg.cpu(), idx.cpu()
+            del logits
+            for i in range(idx.shape[0]):
                 for r in range(top_k):
                     tid = int(idx[i, r])
-                    records["prompt"].append(offset + i)
+                    records["prompt"].append(offset + start + i)
                     records["layer"].append(layer)
                     records["rank"].append(r)
                     records["token"].append(convert([tid]))
@@ -323,7 +327,7 @@ def lens(
         raise TaskvecError(f"top_k must be a positive integer, got {top_k!r}")
     chosen = _check_layers(model, layers)
     hidden = residuals_at(model, prompts, position=position, layers=chosen, batch_size=batch_size, progress=progress)
-    df = _topk_table(model, hidden, chosen, top_k)
+    df = _topk_table(model, hidden, chosen, top_k, chunk=batch_size)
     return LensResult(model=model, hidden=hidden, layers=chosen, df=df, prompts=prompts, top_k=top_k)
 
 
