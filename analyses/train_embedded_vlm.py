@@ -36,7 +36,7 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "taskvec" / "embedded" / "wei
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-extra", type=int, default=300, help="other emoji besides the tasks' concepts (default 300)")
+    ap.add_argument("--n-extra", type=int, default=150, help="other emoji besides the tasks' concepts (default 150)")
     ap.add_argument("--out", default=str(WEIGHTS), help=f"where the shipped weights go (default {WEIGHTS})")
     ap.add_argument("--work", default=None, help="checkpoint / render cache folder (default: user cache)")
     ap.add_argument("--fresh", action="store_true", help="delete the checkpoint and start over")

@@ -41,15 +41,15 @@ class Augment:
 
     Example:
         >>> Augment().rotate
-        15.0
+        8.0
     """
 
     sizes: tuple[tuple[int, float], ...] = ((64, 0.5), (96, 0.2), (128, 0.15), (224, 0.15))
-    scale: tuple[float, float] = (0.5, 0.95)
-    shift: float = 0.1
-    rotate: float = 15.0
+    scale: tuple[float, float] = (0.65, 0.95)
+    shift: float = 0.06
+    rotate: float = 8.0
     white: float = 0.5
-    jitter: float = 0.2
+    jitter: float = 0.15
 
 
 def render_augmented(emoji: str, rng: random.Random, aug: Augment = Augment()) -> Any:
@@ -218,3 +218,38 @@ def caption_batch(
         mask[i, : len(r)] = 1
     token_type = (input_ids == tok.image_token_id).long()
     return CaptionBatch(input_ids, mask, token_type, pixels, targets)
+
+
+def jitter_pixels(pixels: torch.Tensor, gen: torch.Generator, *, scale: float = 0.1, rotate: float = 0.1,
+                  shift: float = 0.08, brightness: float = 0.15, tint: float = 0.1) -> torch.Tensor:
+    """Cheap extra augmentation of processed pixels on every draw: a random affine warp and colour shift.
+
+    The render pool holds a fixed number of PIL-augmented renders per concept; warping them again
+    on every step keeps a small encoder from memorising the pool.
+
+    Args:
+        pixels: ``[n, 3, H, W]`` in [-1, 1].
+        gen: the generator of the step (reproducible batches).
+        scale: maximal relative zoom; rotate: maximal rotation in radians; shift: maximal shift as
+            a fraction of half the image; brightness: maximal relative contrast change; tint:
+            maximal per-channel offset.
+
+    Returns:
+        ``[n, 3, H, W]`` in [-1, 1].
+
+    Example:
+        >>> jitter_pixels(torch.zeros(2, 3, 32, 32), torch.Generator().manual_seed(0)).shape
+        torch.Size([2, 3, 32, 32])
+    """
+    import torch.nn.functional as F
+
+    n = pixels.shape[0]
+    u = lambda *shape: torch.rand(*shape, generator=gen) * 2 - 1  # noqa: E731
+    s, a = 1 + scale * u(n), rotate * u(n)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = s * torch.cos(a), -s * torch.sin(a)
+    theta[:, 1, 0], theta[:, 1, 1] = s * torch.sin(a), s * torch.cos(a)
+    theta[:, :, 2] = shift * u(n, 2)
+    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+    warped = F.grid_sample(pixels + 1, grid, padding_mode="border", align_corners=False) - 1
+    return (warped * (1 + brightness * u(n, 1, 1, 1)) + tint * u(n, 3, 1, 1)).clamp(-1, 1)

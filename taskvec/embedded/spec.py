@@ -1,9 +1,9 @@
 """What the embedded VLM is: a Gemma-3 vision-language model whose text model is Gemma-3-270m.
 
 The model is a plain ``transformers.Gemma3ForConditionalGeneration`` with a
-``Gemma3Processor``: a small SigLIP encoder (trained here on OpenMoji renders) turns a 64x64
-image into an 8x8 grid of patches, the Gemma-3 projector average-pools it to a 4x4 grid and maps
-each of the 16 vectors into the language model's embedding space. Every size lives in
+``Gemma3Processor``: a small SigLIP encoder (trained here on OpenMoji renders) turns a 32x32
+image into a 4x4 grid of patches, the Gemma-3 projector average-pools the grid into one vector
+and maps it into the language model's embedding space: one soft token per image. Every size lives in
 :class:`VLMSpec`, which the training run writes into the shipped ``manifest.json`` so that the
 folder assembled at load time always matches the weights.
 """
@@ -32,19 +32,19 @@ class VLMSpec:
     Attributes:
         image_size: side of the (square) image the processor resizes to, in pixels.
         patch_size: side of one ViT patch (``image_size / patch_size`` patches per side).
-        tokens_per_image: image embeddings per image in the prompt (a square: 16 = 4x4).
+        tokens_per_image: image embeddings per image in the prompt (a square: 1, 4 = 2x2, ...).
         vision_hidden, vision_layers, vision_heads, vision_mlp: the SigLIP encoder.
         lora_rank, lora_alpha: rank and scale of the low-rank update of the language model.
         lora_targets: linear layers of each decoder layer that get the update.
 
     Example:
         >>> VLMSpec().tokens_per_image
-        16
+        1
     """
 
-    image_size: int = 64
+    image_size: int = 32
     patch_size: int = 8
-    tokens_per_image: int = 16
+    tokens_per_image: int = 1
     vision_hidden: int = 256
     vision_layers: int = 4
     vision_heads: int = 4
@@ -96,7 +96,7 @@ def vlm_config(text_config: Any, spec: VLMSpec) -> Any:
     Example:
         >>> from transformers import Gemma3TextConfig
         >>> vlm_config(Gemma3TextConfig(), VLMSpec()).mm_tokens_per_image
-        16
+        1
     """
     from transformers import Gemma3Config, SiglipVisionConfig
 
@@ -152,7 +152,7 @@ def vlm_processor(tokenizer: Any, spec: VLMSpec) -> Any:
     Example:
         >>> p = vlm_processor(tok, VLMSpec())                           # doctest: +SKIP
         >>> p(text=["Q:<start_of_image>\\nA:"], images=[[img]])["pixel_values"].shape   # doctest: +SKIP
-        torch.Size([1, 3, 64, 64])
+        torch.Size([1, 3, 32, 32])
     """
     import transformers
     from transformers import Gemma3Processor

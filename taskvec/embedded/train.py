@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..errors import TaskvecError
 from .assemble import DELTA_FILE, MANIFEST_FILE, VISION_FILE, build_model
 from .concepts import Concept
-from .data import Augment, caption_batch, from_uint8, render_pool
+from .data import Augment, caption_batch, from_uint8, jitter_pixels, render_pool
 from .lora import add_lora, lora_state
 from .spec import BASE_LLM, VLMSpec, vlm_processor, vlm_tokenizer
 
@@ -64,19 +64,21 @@ class TrainConfig:
             262k words is the costliest op, so not every position is scored).
         warmup: fraction of each stage spent warming the learning rate up.
         bf16: run matmuls in bfloat16 autocast.
+        jitter: warp and tint every drawn render again (:func:`taskvec.embedded.data.jitter_pixels`).
+        anchor_names: stage 1's classifier is a :class:`NameAnchoredHead` (else a free linear layer).
         checkpoint_seconds: write a checkpoint at most this often.
     """
 
     seed: int = 0
     spec: VLMSpec = field(default_factory=VLMSpec)
-    renders_per_concept: int = 32
-    vision_steps: int = 500
-    vision_batch: int = 256
-    vision_lr: float = 1e-3
-    align_steps: int = 300
-    align_batch: int = 32
-    align_lr: float = 2e-3
-    align_vision_lr: float = 3e-4
+    renders_per_concept: int = 24
+    vision_steps: int = 2000
+    vision_batch: int = 128
+    vision_lr: float = 2e-3
+    align_steps: int = 200
+    align_batch: int = 48
+    align_lr: float = 3e-3
+    align_vision_lr: float = 5e-4
     lora_steps: int = 100
     lora_batch: int = 24
     lora_text_batch: int = 8
@@ -86,6 +88,8 @@ class TrainConfig:
     text_positions: int = 8
     warmup: float = 0.05
     bf16: bool = True
+    jitter: bool = True
+    anchor_names: bool = True
     checkpoint_seconds: float = 60.0
 
     def to_json(self) -> dict[str, Any]:
@@ -169,6 +173,51 @@ def _project_init(model: Any, seed: int) -> None:
     with torch.no_grad():
         w = proj.mm_input_projection_weight
         w.copy_(torch.randn(w.shape, generator=g) / w.shape[0] ** 0.5)
+
+
+class NameAnchoredHead(torch.nn.Module):
+    """Stage-1 classifier whose class weights are a learned projection of the names' embeddings.
+
+    A locked text tower, as in the contrastive pretraining of real VLM encoders (CLIP, SigLIP,
+    LiT): the frozen LM's input embeddings of each class name (mean over the name's tokens) pass
+    through a learned linear map into the encoder's space, and the logits are scaled cosines. The
+    encoder so learns features laid out like the names, up to a linear map, which the captioning
+    stage's linear projector can learn to undo. The image tokens are never set to the embeddings:
+    the projector starts random and learns from the caption loss alone.
+
+    Args:
+        name_embeddings: ``[n_classes, d_model]``.
+        hidden: width of the encoder's output.
+
+    Example:
+        >>> head = NameAnchoredHead(torch.randn(5, 640), 256)
+        >>> head(torch.randn(2, 256)).shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(self, name_embeddings: torch.Tensor, hidden: int) -> None:
+        super().__init__()
+        self.register_buffer("names", F.normalize(name_embeddings.float(), dim=-1), persistent=False)
+        self.proj = torch.nn.Linear(name_embeddings.shape[-1], hidden, bias=False)
+        self.log_scale = torch.nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """``[b, hidden]`` pooled encoder output -> ``[b, n_classes]`` logits."""
+        w = F.normalize(self.proj(self.names), dim=-1)
+        return self.log_scale.exp() * F.normalize(feats.float(), dim=-1) @ w.T
+
+
+def name_embeddings(model: Any, tokenizer: Any, names: Sequence[str]) -> torch.Tensor:
+    """Mean input embedding of each name's tokens (as they follow ``A:`` in a caption): ``[n, d_model]``.
+
+    Example:
+        >>> name_embeddings(vlm.hf, vlm.tokenizer, ["Wolf", "Pizza"]).shape    # doctest: +SKIP
+        torch.Size([2, 640])
+    """
+    emb = model.model.language_model.embed_tokens
+    with torch.no_grad():
+        return torch.stack([emb(torch.tensor(tokenizer(n, add_special_tokens=False)["input_ids"])).float().mean(0)
+                            for n in names])
 
 
 def _caption_loss(model: Any, batch: Any) -> torch.Tensor:
@@ -312,14 +361,20 @@ def train(
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + stage * 100_003 + step)
         cls = torch.randint(n_cls, (batch,), generator=gen)
         idx = torch.randint(per, (batch,), generator=gen)
-        return cls, from_uint8(pool[cls, idx]), random.Random(int(torch.randint(2**31, (1,), generator=gen)))
+        pix = from_uint8(pool[cls, idx])
+        if config.jitter:
+            pix = jitter_pixels(pix, gen)
+        return cls, pix, random.Random(int(torch.randint(2**31, (1,), generator=gen)))
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16)
     vision = model.model.vision_tower
     projector = model.model.multi_modal_projector
 
     # --- stage 1: the encoder as a classifier ---------------------------------------------------
-    head = torch.nn.Linear(spec.vision_hidden, n_cls)
+    if config.anchor_names:
+        head: torch.nn.Module = NameAnchoredHead(name_embeddings(model, tokenizer, [n[0] for n in names]), spec.vision_hidden)
+    else:
+        head = torch.nn.Linear(spec.vision_hidden, n_cls)
     if state["stage"] == 0 and "vision" in stages and config.vision_steps:
         vision.requires_grad_(True)
         params = list(vision.parameters()) + list(head.parameters())

@@ -1,0 +1,175 @@
+"""The embedded VLM (gemma-3-270m-vlm): a real Gemma-3 VLM, built from the base LLM plus shipped weights."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+
+import taskvec
+from taskvec.embedded.assemble import read_manifest
+from taskvec.embedded.concepts import Concept, extra_concepts, merge_identical, task_concepts
+from taskvec.embedded.data import CAPTION_TEMPLATES, caption_batch, render_augmented
+from taskvec.embedded.spec import VLMSpec, vlm_processor, vlm_tokenizer
+from taskvec.embedded.train import TrainConfig, train
+from taskvec.loading import converted_dir
+from taskvec.tasks import PAPER_TASKS, get_task
+
+
+@pytest.fixture(scope="module")
+def vlm() -> taskvec.Model:
+    return taskvec.load("gemma-3-270m-vlm")
+
+
+def test_is_a_real_gemma3_vlm(vlm):
+    from transformers import Gemma3ForConditionalGeneration, Gemma3Processor
+
+    assert isinstance(vlm.hf, Gemma3ForConditionalGeneration)
+    assert isinstance(vlm.processor, Gemma3Processor)
+    assert vlm.is_vlm and vlm.n_layers == 18 and vlm.d_model == 640
+    assert vlm.hf.config.mm_tokens_per_image == read_manifest()["spec"]["tokens_per_image"]
+    # the image token lies past the embedding matrix, as in the released Gemma-3 VLMs
+    assert vlm.tokenizer.image_token_id == vlm.hf.config.image_token_id >= vlm.hf.config.text_config.vocab_size
+
+
+def test_traced_forward_with_images(vlm):
+    img = taskvec.get_task("country-capital").pairs("val", "image", image_size=96)[0][0]
+    prompt = taskvec.icl_prompt([(img, "Jakarta")], img)
+    batch = vlm.encode([prompt])
+    n_img = int((batch.input_ids == vlm.tokenizer.image_token_id).sum())
+    assert n_img == 2 * vlm.hf.config.mm_tokens_per_image
+    with vlm.trace(batch):
+        h = vlm.residual(vlm.layers()[9].output).save()
+    assert h.shape == (1, batch.input_ids.shape[1], 640)
+    assert len(vlm.delimiters(batch)[0]) == 2
+
+
+def test_lm_differs_slightly_from_the_base(vlm, gemma):
+    spec = VLMSpec.from_json(read_manifest()["spec"])
+    base_layers, vlm_layers = gemma.layers(traced=False), vlm.layers(traced=False)
+    rel = []
+    for i in range(vlm.n_layers):
+        for path in spec.lora_targets:
+            a = dict(base_layers[i].named_modules())[path].weight
+            b = dict(vlm_layers[i].named_modules())[path].weight
+            rel.append(float((a - b).norm() / a.norm()))
+    assert min(rel) > 0, "every LoRA target must have moved"
+    assert max(rel) < 0.1, f"the LM delta should be small, got a relative change of {max(rel):.3f}"
+    # everything else is the base LLM, bit for bit
+    assert torch.equal(base_layers[3].mlp.down_proj.weight, vlm_layers[3].mlp.down_proj.weight)
+    assert torch.equal(gemma.hf.model.embed_tokens.weight, vlm.hf.model.language_model.embed_tokens.weight)
+
+
+def test_every_task_emoji_is_a_training_class():
+    shipped = {c["emoji"] for c in read_manifest()["concepts"]}
+    for name in PAPER_TASKS:
+        missing = [it.input for it in get_task(name).items if it.emoji and it.emoji not in shipped]
+        assert not missing, f"{name}: {missing[:5]}"
+
+
+def test_captions_are_task_inputs_never_outputs():
+    captions = {c["caption"] for c in read_manifest()["concepts"]} | {a for c in read_manifest()["concepts"] for a in c["aliases"]}
+    inputs = {it.input for n in PAPER_TASKS for it in get_task(n).items}
+    outputs = {it.output for n in PAPER_TASKS for it in get_task(n).items} - inputs
+    assert captions & inputs
+    assert not captions & outputs, sorted(captions & outputs)[:5]
+
+
+def _held_out(n: int, seed: int = 12345):
+    concepts = [Concept.from_json(c) for c in read_manifest()["concepts"] if c["group"] in ("flags", "animals", "foods")]
+    rng = random.Random(seed)  # never a training seed
+    picked = rng.sample(concepts, n)
+    return concepts, picked, [taskvec.icl_prompt([], render_augmented(c.emoji, rng), label=c.caption) for c in picked]
+
+
+def test_image_token_carries_the_category(vlm):
+    """What the shipped weights do reach: the image decides whether a flag, an animal or a food is named."""
+    concepts, picked, prompts = _held_out(40)
+    first = lambda name: vlm.tokenizer(name, add_special_tokens=False)["input_ids"][0]  # noqa: E731
+    groups = {g: sorted({first(c.caption) for c in concepts if c.group == g}) for g in ("flags", "animals", "foods")}
+    probs = torch.softmax(taskvec.first_token_logits(vlm, prompts, progress=False), dim=-1)
+    hits = 0
+    for c, p in zip(picked, probs):
+        mass = {g: float(p[ids].sum()) for g, ids in groups.items()}
+        hits += max(mass, key=mass.get) == c.group
+    majority = max(sum(c.group == g for c in picked) for g in groups) / len(picked)
+    assert hits / len(picked) >= 0.75 > majority + 0.1, (hits, majority)
+
+
+@pytest.mark.xfail(strict=True, reason="issue #3: the shipped v0 weights name 2-6% of held-out renders (target 90%); "
+                                       "strict, so a retrained VLM that passes turns this red until the marker goes")
+def test_recognises_held_out_renders(vlm):
+    _, picked, prompts = _held_out(12)
+    preds = taskvec.predict(vlm, prompts, progress=False)
+    hits = sum(any(taskvec.is_correct(p, n) for n in (c.caption, *c.aliases)) for p, c in zip(preds, picked))
+    assert hits >= 8, list(zip(preds, [c.caption for c in picked]))  # chance is ~1/450
+
+
+def test_caption_batch_matches_the_processor():
+    tok = vlm_tokenizer(converted_dir("gemma-3-270m"))
+    proc = vlm_processor(tok, VLMSpec())
+    img = render_augmented("🐺", random.Random(0))
+    enc = proc(text=["Q:" + proc.boi_token + "\nA:wolf\n"], images=[[img]], return_tensors="pt")
+    ours = caption_batch(proc, [["wolf"]], enc["pixel_values"], rng=random.Random(0), templates=CAPTION_TEMPLATES[:1])
+    assert ours.input_ids[0].tolist() == enc["input_ids"][0].tolist()
+    assert torch.equal(ours.token_type_ids, enc["token_type_ids"])
+    scored = [tok.decode([int(ours.input_ids[0, i + 1])]) for i in (ours.targets[0] >= 0).nonzero().flatten()]
+    assert scored == ["wolf", "\n"]
+
+
+def test_concepts_use_task_inputs_and_merge_identical_flags():
+    cs = task_concepts(["country-capital"])
+    assert any(c.caption == "France" and c.emoji == "🇫🇷" for c in cs)
+    merged = merge_identical([Concept("🇹🇩", "Chad", "flags"), Concept("🇷🇴", "Romania", "flags"), Concept("🇫🇷", "France", "flags")])
+    assert merged[0].aliases == ("Romania",) and merged[2].aliases == ()
+    extra = extra_concepts(20, exclude=cs)
+    assert len({c.emoji for c in extra}) == 20 and not {c.emoji for c in extra} & {c.emoji for c in cs}
+
+
+def test_bad_spec_is_rejected():
+    with pytest.raises(taskvec.TaskvecError, match="square"):
+        VLMSpec(tokens_per_image=12)
+
+
+@pytest.mark.slow
+def test_short_training_lowers_the_loss(tmp_path):
+    concepts = [Concept("🇫🇷", "France", "flags"), Concept("🇯🇵", "Japan", "flags"), Concept("🐺", "Wolf", "animals"),
+                Concept("🍕", "Pizza", "foods")]
+    spec = VLMSpec(vision_hidden=64, vision_layers=1, vision_heads=2, vision_mlp=128)
+    config = replace(TrainConfig(spec=spec), renders_per_concept=4, vision_steps=12, vision_batch=16, vision_lr=3e-3,
+                     align_steps=24, align_batch=8, align_lr=1e-2, lora_steps=0, warmup=0.0)
+    result = train(concepts, config, work_dir=tmp_path, progress=False, stages=("vision", "align"))
+    for stage in ("vision", "align"):
+        losses = result.losses[stage]
+        assert len(losses) == getattr(config, f"{stage}_steps")
+        assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, (stage, losses)
+    assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_jitter_pixels_warps_reproducibly_within_range():
+    from taskvec.embedded.data import jitter_pixels
+
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    a = jitter_pixels(x, torch.Generator().manual_seed(1))
+    b = jitter_pixels(x, torch.Generator().manual_seed(1))
+    c = jitter_pixels(x, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and a.min() >= -1 and a.max() <= 1
+    assert (a - x).abs().mean() > 0.01  # it does change the images
+
+
+def test_name_anchored_head_learns_only_its_projection():
+    from taskvec.embedded.train import NameAnchoredHead
+
+    names = torch.randn(6, 640)
+    head = NameAnchoredHead(names, 32)
+    feats = torch.randn(3, 32, requires_grad=True)
+    logits = head(feats)
+    assert logits.shape == (3, 6)
+    # logits are scaled cosines: bounded by the scale
+    assert logits.abs().max() <= head.log_scale.exp() + 1e-4
+    logits.sum().backward()
+    assert head.proj.weight.grad is not None and feats.grad is not None
+    assert {n for n, _ in head.named_parameters()} == {"proj.weight", "log_scale"}  # the names stay frozen
