@@ -49,7 +49,8 @@ def main(argv=None) -> None:
         ph = result.phases(task.phase_categories())
         frames.append(ph.df.assign(model=model.name, task=task.name, spec=f"{spec} ICL"))
     df = pd.concat(frames, ignore_index=True)
-    write_table(df.pivot_table(index=["model", "spec", "task", "layer"], columns="category", values="mean"),
+    # columns p_input / p_task / p_answer: a bare "task" column would collide with the task name
+    write_table(df.pivot_table(index=["model", "spec", "task", "layer"], columns="category", values="mean").add_prefix("p_"),
                 "fig3_phases.csv")
     colors = {"input": "#1f77b4", "task": "#d62728", "answer": "#2ca02c"}
     for (model_name, spec), sub in df.groupby(["model", "spec"]):

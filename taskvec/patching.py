@@ -7,6 +7,7 @@ position is patched; generated tokens are not (design.md §2).
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import pandas as pd
@@ -23,7 +24,8 @@ MODES = ("replace", "add")
 
 
 def _layers(model: Model, layers: int | Sequence[int]) -> list[int]:
-    chosen = [layers] if isinstance(layers, int) else list(layers)
+    # numpy / torch integers (a layer read off a DataFrame) count as one layer
+    chosen = [layers] if isinstance(layers, numbers.Integral) or getattr(layers, "ndim", None) == 0 else list(layers)
     if not chosen:
         raise TaskvecError("no layer given: pass a layer index or a list of them")
     return sorted({model.check_layer(int(layer)) for layer in chosen})

@@ -117,3 +117,14 @@ def test_tsne_one_point_per_prompt(gemma):
     r = taskvec.tsne([a, b], layer=9, seed=0)
     assert len(r.df) == 2 * len(CAPITALS) and set(r.df.task) == {"cc", "capital-country"}
     assert r.figure().data
+
+
+def test_a_layer_read_off_a_dataframe_is_one_layer(gemma, capitals):
+    """A numpy integer (e.g. ``res["layers"].layer.iloc[0]``) or a 0-d tensor is one layer, not a list."""
+    import numpy as np
+
+    v = taskvec.extract_icl(gemma, capitals, n_shots=3, progress=False)
+    queries = taskvec.zero_shot(capitals[:4])
+    plain = taskvec.patch_predict(gemma, v, queries, 6, progress=False)
+    assert taskvec.patch_predict(gemma, v, queries, np.int64(6), progress=False) == plain
+    assert taskvec.patch_predict(gemma, v, queries, torch.tensor(6), progress=False) == plain
