@@ -392,3 +392,15 @@ class HeadFit:
     history: Any
     timings: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        secs = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
+        return f"HeadFit({self.intervention!r}, steps={len(self.history)}, {secs})"
+
+    def _repr_html_(self) -> str:
+        """In Jupyter: the chosen heads and the time each stage took."""
+        heads = ", ".join(f"L{a}H{b}" for a, b in self.intervention.heads()[:24])
+        more = " ..." if self.intervention.n_selected > 24 else ""
+        secs = " &middot; ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
+        return (f"<b>{self.intervention.method}</b> {self.intervention.model_name} &middot; "
+                f"{self.intervention.n_selected} heads: {heads}{more}<br>{len(self.history)} search steps &middot; {secs}")

@@ -96,6 +96,10 @@ class MimIC(torch.nn.Module):
         return (f"MimIC(model={self.model_name!r}, layers={len(self.layers)}/{self.n_layers}, "
                 f"heads={self.n_heads}x{self.d_head}, parameters={self.n_parameters})")
 
+    def _repr_html_(self) -> str:
+        return (f"<b>MimIC</b> {self.model_name} &middot; {len(self.layers)}/{self.n_layers} layers &middot; "
+                f"{self.n_heads} heads &times; {self.d_head} &middot; {self.n_parameters:,} parameters")
+
     def check_compatible(self, model: Model) -> None:
         """Raise unless ``model`` has this MimIC's layer, head and head-size counts."""
         mine, theirs = (self.n_layers, self.n_heads, self.d_head), (model.n_layers, model.n_heads, model.d_head)

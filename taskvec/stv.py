@@ -59,6 +59,17 @@ class Deltas:
         return Deltas(_reduce(self.context - self.alone, reduce), self.context, self.model_name,
                       {**self.meta, "reduce": reduce}, self.alone)
 
+    def __repr__(self) -> str:
+        L, H = self.delta.shape
+        return f"Deltas(model={self.model_name!r}, {L} layers x {H} heads, max {float(self.delta.max()):.3g})"
+
+    def _repr_html_(self) -> str:
+        """In Jupyter: the five heads with the largest delta."""
+        top = self.frame().stack().sort_values(ascending=False).head(5)
+        rows = "".join(f"<tr><td>{l}</td><td>{h}</td><td>{v:.3g}</td></tr>" for (l, h), v in top.items())
+        return (f"<b>Deltas</b> {self.model_name} &middot; {self.delta.shape[0]} layers &times; {self.delta.shape[1]} heads"
+                f"<table><tr><th>layer</th><th>head</th><th>delta</th></tr>{rows}</table>")
+
     def frame(self) -> pd.DataFrame:
         """The deltas as a DataFrame: index ``layer``, columns ``head``."""
         L, H = self.delta.shape

@@ -24,6 +24,14 @@ class TSNEResult:
     df: pd.DataFrame
     layer: int
 
+    def __repr__(self) -> str:
+        return (f"TSNEResult(layer={self.layer}, points={len(self.df)}, tasks={self.df.task.nunique()}, "
+                f"specs={sorted(self.df.spec.unique())})")
+
+    def _repr_html_(self) -> str:
+        """In Jupyter: the scatter itself."""
+        return self.figure().to_html(full_html=False, include_plotlyjs="cdn")
+
     def figure(self) -> Any:
         """Scatter with colour = task and marker symbol = specification."""
         import plotly.express as px

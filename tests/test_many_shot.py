@@ -56,6 +56,8 @@ def test_mtv_means_are_the_mean_of_last_token_head_outputs(gemma, capitals):
 def test_deltas_heatmap_top_heads_and_bank(gemma, capitals):
     d = activation_deltas(gemma, capitals, n_pairs=8, n_shots=3, progress=False)
     assert d.delta.shape == (gemma.n_layers, gemma.n_heads) and (d.delta > 0).all()
+    top_layer, top_head = (int(i) for i in divmod(int(d.delta.argmax()), gemma.n_heads))
+    assert repr(d).startswith("Deltas(") and f"<td>{top_layer}</td><td>{top_head}</td>" in d._repr_html_()
     assert d.context.shape == (8, gemma.n_layers, gemma.n_heads, gemma.d_head)
     # the delta is the mean distance between with-context and query-only head outputs
     ctx, alone = icl_trials(capitals, 8, n_shots=3)
@@ -93,6 +95,7 @@ def test_mimic_starts_as_the_identity(gemma):
 
 def test_mimic_shift_is_mu_times_v_with_mu_from_the_real_keys(gemma):
     mim = _random_mimic(gemma, layers=[2])
+    assert f"{mim.n_parameters:,} parameters" in mim._repr_html_()
     batch = gemma.encode([taskvec.icl_prompt([], "France"), taskvec.icl_prompt([], "Japan is nice")])
     with torch.no_grad(), gemma.trace(batch):
         a = attention_logits(gemma, 2)
@@ -154,6 +157,7 @@ def test_mtv_beats_zero_shot_and_its_policy_converges(gemma, capital, zero_shot,
     assert h.task_loss.iloc[-10:].mean() < h.task_loss.iloc[:10].mean()
     assert h.entropy.iloc[-1] < h.entropy.iloc[0]
     assert fit.details["candidates"].chosen.sum() == 1
+    assert f"{fit.intervention.n_selected} heads" in fit._repr_html_() and repr(fit).startswith("HeadFit(")
     back = taskvec.HeadIntervention.load(fit.intervention.save(tmp_path / "mtv"), gemma)
     assert back.predict(gemma, queries[:8], progress=False) == fit.intervention.predict(gemma, queries[:8], progress=False)
 

@@ -117,6 +117,7 @@ def test_tsne_one_point_per_prompt(gemma):
     r = taskvec.tsne([a, b], layer=9, seed=0)
     assert len(r.df) == 2 * len(CAPITALS) and set(r.df.task) == {"cc", "capital-country"}
     assert r.figure().data
+    assert "points=20" in repr(r) and "plotly" in r._repr_html_()  # Jupyter shows the scatter itself
 
 
 def test_a_layer_read_off_a_dataframe_is_one_layer(gemma, capitals):
