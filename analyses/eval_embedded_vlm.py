@@ -81,7 +81,7 @@ def task_accuracy(model: taskvec.Model, task, modality: str, n_shots: int, seed:
     if n_shots:
         prompts = taskvec.sample_icl_prompts(task.pairs("val", modality=modality), test, n_shots=n_shots, seed=seed)
     else:
-        prompts = [taskvec.icl_prompt([], x, label=y) for x, y in test]
+        prompts = taskvec.zero_shot(test)
     preds = taskvec.predict(model, prompts, batch_size=16, progress=False)
     return taskvec.accuracy(preds, [p.label for p in prompts])
 

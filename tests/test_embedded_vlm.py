@@ -81,7 +81,7 @@ def _held_out(n: int, seed: int = 12345):
     concepts = [Concept.from_json(c) for c in read_manifest()["concepts"] if c["group"] in ("flags", "animals", "foods")]
     rng = random.Random(seed)  # never a training seed
     picked = rng.sample(concepts, n)
-    return concepts, picked, [taskvec.icl_prompt([], render_augmented(c.emoji, rng), label=c.caption) for c in picked]
+    return concepts, picked, taskvec.zero_shot([(render_augmented(c.emoji, rng), c.caption) for c in picked])
 
 
 def test_image_token_carries_the_category(vlm):
