@@ -41,6 +41,10 @@ class Architecture:
         fix_processor: applied to the processor right after loading, to work around a known
             transformers bug (``None``: nothing to fix).
         is_vlm: the model takes images.
+        cached_image_queries: an image prompt's last token can be run alone on the cached keys
+            and values of the rest (the fast layer sweep, :func:`taskvec.patching.prefix_cache`).
+            Qwen2-VL's multimodal rotary positions are computed from the whole sequence, so there
+            the sweep runs full forwards for image prompts (text prompts keep the shortcut).
 
     Example:
         >>> ARCHITECTURES["llama"].layers
@@ -61,6 +65,7 @@ class Architecture:
     max_images_per_prompt: int | None = None
     fix_processor: Callable[[Any], Any] | None = None
     is_vlm: bool = False
+    cached_image_queries: bool = True
 
 
 def _fuyu_patchify_tensors(processor: Any) -> Any:
@@ -109,10 +114,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     "idefics3": Architecture(**_VLM_TEXT_MODEL, image_token="processor:image_token"),
     "smolvlm": Architecture(**_VLM_TEXT_MODEL, image_token="processor:image_token"),
     "qwen2_vl": Architecture(
-        **_VLM_LANGUAGE_MODEL, image_token="<|vision_start|><|image_pad|><|vision_end|>", images_per_prompt_nested=False
+        **_VLM_LANGUAGE_MODEL, image_token="<|vision_start|><|image_pad|><|vision_end|>", images_per_prompt_nested=False,
+        cached_image_queries=False,
     ),
     "qwen2_5_vl": Architecture(
-        **_VLM_LANGUAGE_MODEL, image_token="<|vision_start|><|image_pad|><|vision_end|>", images_per_prompt_nested=False
+        **_VLM_LANGUAGE_MODEL, image_token="<|vision_start|><|image_pad|><|vision_end|>", images_per_prompt_nested=False,
+        cached_image_queries=False,
     ),
     "gemma3": Architecture(**_VLM_LANGUAGE_MODEL, **_QK_NORM, image_token="processor:boi_token"),
     "fuyu": Architecture(

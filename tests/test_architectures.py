@@ -18,7 +18,7 @@ from PIL import Image
 
 import taskvec
 from taskvec.architectures import ARCHITECTURES, resolve
-from taskvec.patching import patched_logits
+from taskvec.patching import cached_patched_logits, patched_logits, prefix_cache
 from taskvec.positions import marker_ids
 from taskvec.tiny import RECIPES, build_tiny
 
@@ -141,6 +141,35 @@ def test_lens_and_patching_agree_with_logits(tiny):
     assert not torch.allclose(patched_logits(tiny, other, batch, [1]), base, atol=1e-3)
     preds = taskvec.patch_predict(tiny, other, [query, query], layers=[0, 1], progress=False)
     assert len(preds) == 2 and preds[0] == preds[1]
+
+
+def test_cached_sweep_matches_full_patched_forwards(tiny):
+    """The layer sweep's shortcut (keys/values of all but the query's last token, then that token
+    alone per layer) gives the full patched forward's logits on every architecture where it is
+    used, for text and image queries on a left-padded batch; where it cannot apply (Qwen2-VL image
+    prompts, Fuyu's image-first prompts), prefix_cache says so and the sweep runs full forwards."""
+    sets = [[taskvec.icl_prompt([], "a longer query here"), taskvec.icl_prompt([], "b")]]
+    if tiny.is_vlm:
+        sets.append([taskvec.icl_prompt([], _image(1)), taskvec.icl_prompt([], _image(2))])
+    vector = taskvec.TaskVector(torch.randn(tiny.n_layers, tiny.d_model, generator=torch.Generator().manual_seed(0)),
+                                tiny.name, "custom", "tiny", 1)
+    for queries in sets:
+        batch = tiny.encode(queries)
+        cache = prefix_cache(tiny, batch)
+        image = bool(queries[0].images)
+        delimiter_last = all(d[-1] == batch.input_ids.shape[1] - 1 for d in tiny.delimiters(batch))
+        expect_none = (image and not tiny.arch.cached_image_queries) or not delimiter_last
+        if expect_none:
+            assert cache is None
+            continue
+        assert cache is not None, f"{tiny.hf.config.model_type}: no cache for {'image' if image else 'text'} queries"
+        for layer in range(tiny.n_layers):
+            torch.testing.assert_close(cached_patched_logits(tiny, vector, batch, cache, [layer]),
+                                       patched_logits(tiny, vector, batch, [layer]), atol=1e-5, rtol=1e-5)
+        sweep = taskvec.layer_sweep(tiny, vector, queries, progress=False)
+        full = [patched_logits(tiny, vector, batch, [layer]).argmax(-1).tolist() for layer in range(tiny.n_layers)]
+        got = sweep.sort_values(["layer", "query"]).prediction.tolist()
+        assert got == [tiny.tokenizer.decode([i]) for row in full for i in row]
 
 
 def test_fuyu_takes_one_image_per_prompt(tmp_path):

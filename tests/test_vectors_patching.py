@@ -6,6 +6,7 @@ import torch
 
 import taskvec
 from conftest import CAPITALS
+from taskvec.patching import cached_patched_logits, patched_logits, prefix_cache
 
 MORE = [("Chile", "Santiago"), ("Greece", "Athens"), ("Cuba", "Havana"), ("Poland", "Warsaw"),
         ("Iran", "Tehran"), ("Iraq", "Baghdad"), ("Austria", "Vienna"), ("Portugal", "Lisbon")]
@@ -64,6 +65,26 @@ def test_sweep_is_batched_and_matches_single_layer_patching(gemma, vec, sweep):
     qs = [taskvec.icl_prompt([], x, label=y) for x, y in MORE]
     single = taskvec.patch_predict(gemma, vec, qs, 9, batch_size=1, progress=False)
     assert sweep[sweep.layer == 9].sort_values("query").prediction.tolist() == single
+
+
+def test_cached_sweep_gives_the_full_patched_logits_at_every_layer(gemma, vec):
+    """The sweep's shortcut (prefix once, then only the last token per layer) must not change a
+    logit: compare with full patched forwards on a left-padded batch, in both modes."""
+    qs = [taskvec.icl_prompt([], x, label=y) for x, y in MORE[:3]] + [taskvec.icl_prompt([], "Central African Republic")]
+    batch = gemma.encode(qs)
+    assert (batch.inputs["attention_mask"] == 0).any(), "the batch should be left-padded"
+    cache = prefix_cache(gemma, batch)
+    assert cache is not None
+    for mode in ("replace", "add"):
+        for layer in range(gemma.n_layers):
+            full = patched_logits(gemma, vec, batch, [layer], mode=mode)
+            torch.testing.assert_close(cached_patched_logits(gemma, vec, batch, cache, [layer], mode=mode), full,
+                                       atol=2e-4, rtol=1e-4)
+    clean = cached_patched_logits(gemma, None, batch, cache, [0])
+    torch.testing.assert_close(clean, patched_logits(gemma, None, batch, [0]), atol=2e-4, rtol=1e-4)
+    # a prompt whose delimiter is not the last token (an ICL prompt without a query) has no shortcut
+    no_query = taskvec.icl_prompt([("France", "Paris")], None)
+    assert prefix_cache(gemma, gemma.encode([no_query])) is None
 
 
 def test_save_load_round_trip_is_bit_exact(vec, tmp_path):
