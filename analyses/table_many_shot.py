@@ -174,7 +174,7 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
 
 def run_modality(model: taskvec.Model, tasks: list, modality: str, args: Any) -> pd.DataFrame:
     cfg = Config.make(args.quick, modality)
-    st = Store(store_for(args, "many_shot") / f"{model.name.replace('/', '_')}-seed{args.seed}")
+    st = Store(store_for(args, "many_shot") / f"{model.key}-seed{args.seed}")
     layer = choose_layer(model, tasks, modality, cfg, args.seed, st)
     print(f"[{modality}] task-vector layer chosen on validation: {layer}")
     frames = []

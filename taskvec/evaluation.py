@@ -175,7 +175,8 @@ def transfer_experiment(
 
     Args:
         combos: e.g. ``[("text", "image"), ("image", "image")]``.
-        store: folder for resumable partial results (one CSV per task and unit).
+        store: folder for resumable partial results (one CSV per task and unit), in a subfolder
+            named for the model's weights (:attr:`taskvec.Model.key`) and the setting.
         source: model to extract vectors from (default: ``model``).
 
     Returns:
@@ -187,8 +188,8 @@ def transfer_experiment(
     if not tasks:
         raise TaskvecError("no tasks given")
     src = source or model
-    prefix = "" if source is None else "from-" + source.name.replace("/", "_") + "-"
-    st = Store(None if store is None else Path(store) / f"{model.name.replace('/', '_')}-{s.key()}")
+    prefix = "" if source is None else f"from-{source.key}-"
+    st = Store(None if store is None else Path(store) / f"{model.key}-{s.key()}")
     sweeps, summary, chosen = [], [], []
     bar = tqdm(total=len(combos) * len(tasks), desc="transfer", disable=not progress)
     vectors: dict[tuple[str, str], TaskVector] = {}

@@ -333,7 +333,14 @@ def load(
         hf.eval()
         hf.requires_grad_(False)  # taskvec reads and patches activations; no weight gradients, no autograd graph
         nn = nnsight.TransformersModel(hf, tokenizer=tokenizer, processor=processor, task=task)
-    return Model(name=name, hf=hf, nn=nn, tokenizer=tokenizer, processor=processor, arch=arch, remote=remote)
+    if embedded is not None:
+        weights = Path(source).name
+    elif os.path.isdir(name):
+        weights = os.path.abspath(name)
+    else:
+        weights = name + (f"@{hub_kwargs['revision']}" if hub_kwargs.get("revision") else "")
+    return Model(name=name, hf=hf, nn=nn, tokenizer=tokenizer, processor=processor, arch=arch, remote=remote,
+                 weights=weights)
 
 
 def list_models() -> list[dict[str, str]]:

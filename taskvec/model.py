@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -49,6 +50,9 @@ class Model:
         processor: the multimodal processor, or ``None`` for a text-only model.
         arch: the :class:`~taskvec.architectures.Architecture` row.
         remote: run traces on NDIF (nnsight's remote execution) instead of locally.
+        weights: what exactly was loaded: an embedded model's built folder (its name carries a
+            digest of the shipped files), a local folder's absolute path, or the hub id with its
+            revision. See :attr:`key`.
 
     Example:
         >>> m = taskvec.load("gemma-3-270m")      # doctest: +SKIP
@@ -63,6 +67,7 @@ class Model:
     processor: Any
     arch: Architecture
     remote: bool = False
+    weights: str = ""
     chat: Template | None = None
     _marker_cache: dict = field(default_factory=dict, repr=False)
 
@@ -99,6 +104,18 @@ class Model:
     @property
     def max_length(self) -> int | None:
         return getattr(self.text_config, "max_position_embeddings", None)
+
+    @property
+    def key(self) -> str:
+        """These weights, as a file-name-safe string: resumable stores are keyed by it, so results
+        saved for one set of weights (e.g. before the embedded VLM was retrained) are never reused
+        for another.
+
+        Example:
+            >>> taskvec.load("gemma-3-270m-vlm").key                    # doctest: +SKIP
+            'gemma-3-270m-vlm-v1-1c97621214'
+        """
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.weights or self.name).strip("_")
 
     def __repr__(self) -> str:
         kind = "VLM" if self.is_vlm else "LLM"

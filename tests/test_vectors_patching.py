@@ -150,3 +150,26 @@ def test_a_layer_read_off_a_dataframe_is_one_layer(gemma, capitals):
     plain = taskvec.patch_predict(gemma, v, queries, 6, progress=False)
     assert taskvec.patch_predict(gemma, v, queries, np.int64(6), progress=False) == plain
     assert taskvec.patch_predict(gemma, v, queries, torch.tensor(6), progress=False) == plain
+
+
+def test_transfer_experiment_resumes_from_its_store_and_keys_it_by_weights(gemma, tmp_path):
+    """A second run reads every unit back from the store (a planted value comes back unchanged);
+    a model with other weights under the same name gets its own folder and recomputes."""
+    import dataclasses
+
+    task = taskvec.get_task("country-capital")
+    s = taskvec.Setting(n_val=8, n_test=4, batch_size=8)
+    first = taskvec.transfer_experiment(gemma, [task], [("text", "text")], s, store=tmp_path, progress=False)
+    folder = tmp_path / f"{gemma.key}-{s.key()}"
+    assert gemma.key.startswith("gemma-3-270m-v") and folder.is_dir()
+    test_csv = next(folder.glob("test-*.csv"))
+    planted = pd.read_csv(test_csv).assign(accuracy=0.123)
+    planted.to_csv(test_csv, index=False)
+    again = taskvec.transfer_experiment(gemma, [task], [("text", "text")], s, store=tmp_path, progress=False)
+    assert again["summary"].query("method == 'Patch'").accuracy.item() == 0.123
+    pd.testing.assert_frame_equal(again["sweep"], first["sweep"])
+    other = dataclasses.replace(gemma, weights="gemma-3-270m-retrained")
+    fresh = taskvec.transfer_experiment(other, [task], [("text", "text")], s, store=tmp_path, progress=False)
+    assert (tmp_path / f"gemma-3-270m-retrained-{s.key()}").is_dir()
+    assert fresh["summary"].query("method == 'Patch'").accuracy.item() == \
+        first["summary"].query("method == 'Patch'").accuracy.item()
