@@ -1,7 +1,8 @@
 """Benchmark: batched layer sweep vs the reference loop, and extraction vs plain forwards.
 
 In one run on gemma-3-270m (text->text, country-capital):
-- taskvec.layer_sweep: all layers x N test queries, batched (one forward per layer per batch);
+- taskvec.layer_sweep: all layers x N test queries, batched (each batch's prefix once, then its
+  last token per layer on the cached keys/values);
 - the reference approach: one forward per query per layer at batch size 1 (as the original
   research code does), same patch;
 - the same number of plain batched forwards (transformers, no nnsight, no intervention);
