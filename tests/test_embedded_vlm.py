@@ -152,6 +152,24 @@ def test_short_training_lowers_the_loss(tmp_path):
     assert (tmp_path / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
+def test_align_lora_trains_the_lm_update_in_stage_two(tmp_path):
+    """With ``align_lora`` the LoRA factors exist and move during stage 2 (B starts at zero), and
+    a resumed run reloads them; without it stage 2 leaves the LM untouched (no update at all)."""
+    concepts = [Concept("🇫🇷", "France", "flags"), Concept("🐺", "Wolf", "animals"), Concept("🍕", "Pizza", "foods")]
+    spec = VLMSpec(vision_hidden=64, vision_layers=1, vision_heads=2, vision_mlp=128)
+    config = replace(TrainConfig(spec=spec), renders_per_concept=2, vision_steps=2, vision_batch=8, align_steps=3,
+                     align_batch=4, lora_steps=0, warmup=0.0, align_lora=True, align_text_batch=0)
+    result = train(concepts, config, work_dir=tmp_path, progress=False, stages=("vision", "align"))
+    lora = result.state["lora"]
+    assert lora and any(k.endswith(".lora_B") and v.abs().sum() > 0 for k, v in lora.items())
+    again = train(concepts, config, work_dir=tmp_path, progress=False, stages=("vision", "align"))
+    assert all(torch.equal(again.state["lora"][k], v) for k, v in lora.items())
+    frozen = train(concepts, replace(config, align_lora=False), work_dir=tmp_path / "frozen", progress=False,
+                   stages=("vision", "align"))
+    assert frozen.state["lora"] == {} and len(frozen.losses["align"]) == 3
+
+
 def test_jitter_pixels_warps_reproducibly_within_range():
     from taskvec.embedded.data import jitter_pixels
 

@@ -3,10 +3,13 @@
 1. **vision**: the SigLIP encoder learns to tell the concepts apart (a temporary linear
    classifier on its mean-pooled output; no language model involved, so it is cheap).
 2. **align**: the projector and the encoder learn to caption through the *frozen* language
-   model: image → name, loss on the name tokens only.
+   model: image → name, loss on the name tokens only. With ``align_lora`` the LoRA update of
+   stage 3 starts here instead, on captions mixed with plain text: captions then fit far better
+   (the LM learns to name an image at all), but in the one run measured the LM lost most of its
+   text ICL ability, so the shipped run keeps the LM frozen here (docs/embedded-vlm.md).
 3. **lora**: a low-rank update of the language model's attention (plus the projector) on the
-   same captions mixed with plain text sampled from the base LLM, so the VLM's LM moves only
-   slightly away from the base LLM.
+   same captions (one or two images per sequence) mixed with plain text sampled from the base
+   LLM, so the VLM's LM moves only slightly away from the base LLM.
 
 All randomness comes from ``TrainConfig.seed``: the batch of step ``i`` of stage ``s`` is drawn
 from its own generator, so a run resumed from a checkpoint takes the same steps as one that
@@ -56,8 +59,10 @@ class TrainConfig:
         spec: the model sizes.
         renders_per_concept: augmented renders per concept in the cached pool.
         vision_steps, vision_batch, vision_lr: stage 1 (encoder as a classifier).
-        align_steps, align_batch, align_lr, align_vision_lr: stage 2 (projector and encoder
-            through the frozen LM; the encoder with the smaller rate).
+        align_steps, align_batch, align_lr, align_vision_lr: stage 2 (projector and encoder;
+            the encoder with the smaller rate).
+        align_lora: stage 2 also trains the LoRA update (rate ``lora_lr``) on captions plus
+            ``align_text_batch`` plain-text sequences per step; else the LM stays frozen (v0).
         lora_steps, lora_batch, lora_text_batch, lora_lr, lora_projector_lr: stage 3.
         multi_image: fraction of stage-3 caption sequences with two images.
         text_positions: positions per plain-text sequence that carry loss (the unembedding over
@@ -79,6 +84,8 @@ class TrainConfig:
     align_batch: int = 48
     align_lr: float = 3e-3
     align_vision_lr: float = 5e-4
+    align_lora: bool = False
+    align_text_batch: int = 4
     lora_steps: int = 100
     lora_batch: int = 24
     lora_text_batch: int = 8
@@ -318,7 +325,9 @@ def train(
     ckpt = _Checkpoint(work, key, config.checkpoint_seconds)
     t_start, cpu_start = time.time(), _cpu()
     state = ckpt.load() or {"stage": 0, "step": 0, "losses": {s: [] for s in STAGES}, "seconds": 0.0, "cpu_seconds": 0.0}
-    if state["step"] or state["stage"]:
+    if state["stage"] >= len(STAGES):
+        print("the checkpoint holds a finished run: exporting it again (delete it, or --fresh, to retrain)", flush=True)
+    elif state["step"] or state["stage"]:
         print(f"resuming the VLM training at stage {STAGES[state['stage']]} step {state['step']}", flush=True)
     spec = config.spec
     tokenizer = vlm_tokenizer(base_dir)
@@ -343,12 +352,6 @@ def train(
     lm_layers = model.model.language_model.layers
     if "vision" in state:
         model.load_state_dict(state["vision"], strict=False)
-    lora_params: list[torch.nn.Parameter] = []
-    if state["stage"] >= 2 or "lora" in state:
-        torch.manual_seed(config.seed + 3)
-        lora_params = add_lora(lm_layers, spec.lora_targets, spec.lora_rank, spec.lora_scale)
-        if "lora" in state:
-            _load_lora(lm_layers, spec, state["lora"])
 
     def snapshot() -> dict[str, Any]:
         snap = {**state, "vision": _vision_keys(model.state_dict()), "seconds": state["seconds"] + time.time() - t_start,
@@ -365,6 +368,26 @@ def train(
         if config.jitter:
             pix = jitter_pixels(pix, gen)
         return cls, pix, random.Random(int(torch.randint(2**31, (1,), generator=gen)))
+
+    def plain_text() -> torch.Tensor:
+        text_path = work / f"text-{config.seed}.pt" if work else None
+        if text_path is not None and text_path.exists():
+            return torch.load(text_path)
+        n = max(64, 4 * config.lora_text_batch, 4 * config.align_text_batch)
+        text = sample_text(base_dir, n, 48, config.seed, progress)
+        if text_path is not None:
+            torch.save(text, text_path)
+        return text
+
+    def new_lora() -> list[torch.nn.Parameter]:
+        torch.manual_seed(config.seed + 3)
+        return add_lora(lm_layers, spec.lora_targets, spec.lora_rank, spec.lora_scale)
+
+    lora_params: list[torch.nn.Parameter] = []
+    if state["stage"] >= 2 or "lora" in state:  # resuming a run that already has the update
+        lora_params = new_lora()
+        if "lora" in state:
+            _load_lora(lm_layers, spec, state["lora"])
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16)
     vision = model.model.vision_tower
@@ -414,11 +437,16 @@ def train(
     if state["stage"] == 1 and "align" in stages and config.align_steps:
         vision.requires_grad_(True)
         projector.requires_grad_(True)
-        opt = torch.optim.AdamW(
-            [{"params": list(projector.parameters()), "lr": config.align_lr, "peak": config.align_lr},
-             {"params": list(vision.parameters()), "lr": config.align_vision_lr, "peak": config.align_vision_lr}],
-            weight_decay=0.0,
-        )
+        groups = [{"params": list(projector.parameters()), "lr": config.align_lr, "peak": config.align_lr},
+                  {"params": list(vision.parameters()), "lr": config.align_vision_lr, "peak": config.align_vision_lr}]
+        text = None
+        if config.align_lora:
+            if not lora_params:
+                lora_params = new_lora()
+            groups.append({"params": lora_params, "lr": config.lora_lr, "peak": config.lora_lr})
+            text = plain_text() if config.align_text_batch else None
+        trained = [p for g in groups for p in g["params"]]
+        opt = torch.optim.AdamW(groups, weight_decay=0.0)
         if "opt" in state:
             opt.load_state_dict(state["opt"])
         bar = tqdm(range(state["step"], config.align_steps), desc="2/3 align", disable=not progress,
@@ -429,16 +457,25 @@ def train(
             cls, pix, rng = draw(1, step, config.align_batch)
             batch = caption_batch(processor, [[rng.choice(names[int(c)])] for c in cls], pix, rng=rng)
             with autocast:
-                loss = _caption_loss(model, batch)
+                cap = _caption_loss(model, batch)
+                if text is not None:
+                    gen = torch.Generator().manual_seed(config.seed * 7_919 + 50_000 + step)
+                    rows = torch.randint(len(text), (config.align_text_batch,), generator=gen)
+                    txt = _text_loss(model, text[rows], config.text_positions, gen)
+                else:
+                    txt = cap * 0
+                loss = cap + txt
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(vision.parameters()) + list(projector.parameters()), 1.0)
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
             opt.step()
-            state["losses"]["align"].append(loss.item())
+            state["losses"]["align"].append(cap.item())
+            if text is not None:
+                state.setdefault("align_text_losses", []).append(txt.item())
             state["step"] = step + 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(caption=f"{cap.item():.3f}", text=f"{txt.item():.3f}")
             if on_step:
-                on_step("align", step, loss.item())
+                on_step("align", step, cap.item())
             ckpt.save({**snapshot(), "opt": opt.state_dict()})
         vision.requires_grad_(False)
         projector.requires_grad_(False)
@@ -449,16 +486,9 @@ def train(
 
     # --- stage 3: LoRA on the LM + projector, captions mixed with plain text ---------------------
     if state["stage"] == 2 and "lora" in stages and config.lora_steps:
-        text_path = work / f"text-{config.seed}.pt" if work else None
-        if text_path is not None and text_path.exists():
-            text = torch.load(text_path)
-        else:
-            text = sample_text(base_dir, max(64, 4 * config.lora_text_batch), 48, config.seed, progress)
-            if text_path is not None:
-                torch.save(text, text_path)
+        text = plain_text()
         if not lora_params:
-            torch.manual_seed(config.seed + 3)
-            lora_params = add_lora(lm_layers, spec.lora_targets, spec.lora_rank, spec.lora_scale)
+            lora_params = new_lora()
         projector.requires_grad_(True)
         opt = torch.optim.AdamW(
             [{"params": lora_params, "lr": config.lora_lr, "peak": config.lora_lr},
@@ -514,7 +544,8 @@ def train(
     }
     parameters["trainable_shipped"] = parameters["vision_tower"] + parameters["projector"] + parameters["lm_delta"]
     return TrainResult(
-        losses={s: list(state["losses"][s]) for s in STAGES} | {"text": list(state.get("text_losses", []))},
+        losses={s: list(state["losses"][s]) for s in STAGES}
+        | {"text": list(state.get("text_losses", [])), "align_text": list(state.get("align_text_losses", []))},
         seconds=final["seconds"],
         cpu_seconds=final["cpu_seconds"],
         parameters=parameters,
