@@ -189,10 +189,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = experiment_parser(__doc__, default_model=DEFAULT_LLM)
     ap.add_argument("--vlm", default=DEFAULT_VLM, help=f"VLM for the image-query block (default {DEFAULT_VLM})")
     ap.add_argument("--no-vlm", action="store_true", help="skip the image-query block")
+    ap.add_argument("--image-only", action="store_true",
+                    help="run only the image-query block (e.g. in a second process while another runs the text "
+                         "block; a later run without it reads both back from the store and writes the table)")
     args = ap.parse_args(argv)
+    if args.image_only and args.no_vlm:
+        ap.error("--image-only and --no-vlm exclude each other")
     tasks = tasks_from(args)
-    model = taskvec.load(args.model, device=args.device)
-    long = [run_modality(model, tasks, "text", args)]
+    long = []
+    if not args.image_only:
+        model = taskvec.load(args.model, device=args.device)
+        long.append(run_modality(model, tasks, "text", args))
     if args.no_vlm:
         print("image queries skipped (--no-vlm)")
     else:
@@ -201,8 +208,13 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as err:  # the embedded VLM may not be built on this machine
             vlm = None
             print(f"image queries skipped: could not load the VLM {args.vlm!r} ({type(err).__name__}: {err})")
+        if vlm is None and args.image_only:
+            raise SystemExit(f"--image-only needs the VLM {args.vlm!r}, which did not load (see above)")
         if vlm is not None:
             long.append(run_modality(vlm, tasks, "image", args))
+    if args.image_only:
+        print("image block stored; run the script again without --image-only to write the table")
+        return
     df = pd.concat(long, ignore_index=True)
     table = wide(df)
     print(f"\nMany-shot / learned task vectors ({'quick' if args.quick else 'full'} setting, seed {args.seed})")
