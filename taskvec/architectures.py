@@ -41,10 +41,11 @@ class Architecture:
         fix_processor: applied to the processor right after loading, to work around a known
             transformers bug (``None``: nothing to fix).
         is_vlm: the model takes images.
-        cached_image_queries: an image prompt's last token can be run alone on the cached keys
-            and values of the rest (the fast layer sweep, :func:`taskvec.patching.prefix_cache`).
-            Qwen2-VL's multimodal rotary positions are computed from the whole sequence, so there
-            the sweep runs full forwards for image prompts (text prompts keep the shortcut).
+        cached_sweep: a prompt's last token can be run alone on the cached keys and values of
+            the rest (the fast layer sweep, :func:`taskvec.patching.prefix_cache`). Not on
+            Qwen2-VL: its multimodal rotary positions are computed from the whole sequence and kept
+            on the model between calls (``rope_deltas``), so a last token run alone would get the
+            positions of an earlier batch; there the sweep runs full forwards.
 
     Example:
         >>> ARCHITECTURES["llama"].layers
@@ -65,7 +66,7 @@ class Architecture:
     max_images_per_prompt: int | None = None
     fix_processor: Callable[[Any], Any] | None = None
     is_vlm: bool = False
-    cached_image_queries: bool = True
+    cached_sweep: bool = True
 
 
 def _fuyu_patchify_tensors(processor: Any) -> Any:
@@ -115,11 +116,11 @@ ARCHITECTURES: dict[str, Architecture] = {
     "smolvlm": Architecture(**_VLM_TEXT_MODEL, image_token="processor:image_token"),
     "qwen2_vl": Architecture(
         **_VLM_LANGUAGE_MODEL, image_token="<|vision_start|><|image_pad|><|vision_end|>", images_per_prompt_nested=False,
-        cached_image_queries=False,
+        cached_sweep=False,
     ),
     "qwen2_5_vl": Architecture(
         **_VLM_LANGUAGE_MODEL, image_token="<|vision_start|><|image_pad|><|vision_end|>", images_per_prompt_nested=False,
-        cached_image_queries=False,
+        cached_sweep=False,
     ),
     "gemma3": Architecture(**_VLM_LANGUAGE_MODEL, **_QK_NORM, image_token="processor:boi_token"),
     "fuyu": Architecture(

@@ -42,6 +42,17 @@ def _query_positions(model: Model, batch: Batch) -> torch.Tensor:
     return torch.tensor([d[-1] for d in model.delimiters(batch)])
 
 
+def _write(model: Model, values: torch.Tensor, layers: Sequence[int], where: tuple, mode: str) -> None:
+    """Inside a trace: at each layer, replace (or add to) the residual stream at ``where`` (an index
+    into ``[batch, seq]``) with the layer's row of ``values`` ``[n_layers, d_model]``."""
+    for layer in layers:
+        h = model.residual(model.layers()[layer].output)
+        if mode == "replace":
+            h[where] = values[layer]
+        else:
+            h[where] += values[layer]
+
+
 def patched_logits(
     model: Model,
     vector: TaskVector | None,
@@ -61,12 +72,7 @@ def patched_logits(
     values = None if vector is None else vector.vectors.to(model.device, dtype=next(model.hf.parameters()).dtype)
     with model.trace(batch, logits_to_keep=1):
         if values is not None:
-            for layer in layers:
-                h = model.residual(model.layers()[layer].output)
-                if mode == "replace":
-                    h[rows, pos] = values[layer]
-                else:
-                    h[rows, pos] += values[layer]
+            _write(model, values, layers, (rows, pos), mode)
         logits = model.nn.output.logits[:, -1].save()
     return logits.float().cpu()
 
@@ -75,13 +81,13 @@ def prefix_cache(model: Model, batch: Batch) -> Any | None:
     """Keys and values of every token but the last, for :func:`cached_patched_logits`.
 
     Returns ``None`` when the shortcut does not apply (the model runs remotely, some prompt's
-    query delimiter is not the batch's last column, or the architecture cannot run the last token
-    of an image prompt alone); callers then use :func:`patched_logits`.
+    query delimiter is not the batch's last column, or the architecture cannot run a last token
+    alone: ``Architecture.cached_sweep``); callers then use :func:`patched_logits`.
 
     Example:
         >>> cache = prefix_cache(m, m.encode(taskvec.zero_shot(pairs)))   # doctest: +SKIP
     """
-    if model.remote or (not model.arch.cached_image_queries and any(p.images for p in batch.prompts)):
+    if model.remote or not model.arch.cached_sweep:
         return None
     ids = batch.input_ids
     last = ids.shape[1] - 1
@@ -118,12 +124,7 @@ def cached_patched_logits(
         inputs["attention_mask"] = batch.inputs["attention_mask"]
     with model.nn.trace(inputs, **model.trace_kwargs(logits_to_keep=1)):
         if values is not None:
-            for layer in layers:
-                h = model.residual(model.layers()[layer].output)
-                if mode == "replace":
-                    h[:, -1] = values[layer]
-                else:
-                    h[:, -1] += values[layer]
+            _write(model, values, layers, (slice(None), -1), mode)
         logits = model.nn.output.logits[:, -1].save()
     return logits.float().cpu()
 
@@ -264,12 +265,7 @@ def patch_generate(
     rows = torch.arange(len(batch))
     values = vector.vectors.to(model.device, dtype=next(model.hf.parameters()).dtype)
     with model.generate(batch, max_new_tokens=max_new_tokens) as tracer:
-        for layer in chosen:
-            h = model.residual(model.layers()[layer].output)
-            if mode == "replace":
-                h[rows, pos] = values[layer]
-            else:
-                h[rows, pos] += values[layer]
+        _write(model, values, chosen, (rows, pos), mode)
         out = tracer.result.save()
     new = out[:, batch.input_ids.shape[1]:]
     return model.tokenizer.batch_decode(new, skip_special_tokens=True)
