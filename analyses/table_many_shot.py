@@ -34,6 +34,7 @@ from taskvec.evaluation import Store  # noqa: E402
 from taskvec.mimic import fit_mimic  # noqa: E402
 from taskvec.mtv import fit_mtv  # noqa: E402
 from taskvec.stv import fit_stv  # noqa: E402
+from taskvec.tasks import get_task  # noqa: E402
 from _common import (DEFAULT_LLM, DEFAULT_VLM, RESULTS, bar_figure, experiment_parser, save_figure, store_for,  # noqa: E402
                      tasks_from, write_json, write_table)
 
@@ -172,13 +173,14 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
     return table.loc[keys]
 
 
-def run_modality(model: taskvec.Model, tasks: list, modality: str, args: Any) -> pd.DataFrame:
+def run_modality(model: taskvec.Model, tasks: list, modality: str, args: Any, only: list | None = None) -> pd.DataFrame:
+    """Every method on ``only`` (default: all ``tasks``); the task-vector layer is chosen on all ``tasks``."""
     cfg = Config.make(args.quick, modality)
     st = Store(store_for(args, "many_shot") / f"{model.key}-seed{args.seed}")
     layer = choose_layer(model, tasks, modality, cfg, args.seed, st)
     print(f"[{modality}] task-vector layer chosen on validation: {layer}")
     frames = []
-    for task in tasks:
+    for task in only or tasks:
         t = time.perf_counter()
         frames.extend(units(model, task, modality, cfg, args.seed, st, layer))
         print(f"[{modality}] {task.name} done ({time.perf_counter() - t:.0f} s)")
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = experiment_parser(__doc__, default_model=DEFAULT_LLM)
     ap.add_argument("--vlm", default=DEFAULT_VLM, help=f"VLM for the image-query block (default {DEFAULT_VLM})")
     ap.add_argument("--no-vlm", action="store_true", help="skip the image-query block")
+    ap.add_argument("--image-tasks", nargs="+", default=None,
+                    help="tasks of the image-query block (default: the same as --tasks)")
     ap.add_argument("--image-only", action="store_true",
                     help="run only the image-query block (e.g. in a second process while another runs the text "
                          "block; a later run without it reads both back from the store and writes the table)")
@@ -211,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         if vlm is None and args.image_only:
             raise SystemExit(f"--image-only needs the VLM {args.vlm!r}, which did not load (see above)")
         if vlm is not None:
-            long.append(run_modality(vlm, tasks, "image", args))
+            only = None if args.image_tasks is None else [get_task(n) for n in args.image_tasks]
+            long.append(run_modality(vlm, tasks, "image", args, only))
     if args.image_only:
         print("image block stored; run the script again without --image-only to write the table")
         return
