@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -136,7 +137,9 @@ def reproducible() -> dict[str, Path]:
     for path in scripts:
         if path.name.startswith("_"):
             continue
-        short = path.stem if path.stem.startswith("bench_") else path.stem.split("_")[0]
+        first = path.stem.split("_")[0]
+        # the paper's numbered tables and figures go by their number (table3, fig11, figA)
+        short = first if re.fullmatch(r"(table|fig)[0-9A-Z]+", first) else path.stem
         out.setdefault(short, path)
         out[path.stem] = path
     return out
@@ -155,7 +158,7 @@ def _cmd_reproduce(args: argparse.Namespace, extra: Sequence[str]) -> int:
             first.setdefault(path, short)
         print("runnable analyses (taskvec reproduce NAME [script options], e.g. --quick):")
         for path, short in sorted(first.items(), key=lambda kv: kv[1]):
-            print(f"  {short:<16} analyses/{path.relative_to(analyses_dir()).as_posix()}")
+            print(f"  {short:<22} analyses/{path.relative_to(analyses_dir()).as_posix()}")
         return 0
     if args.target not in scripts:
         raise TaskvecError(f"unknown analysis {args.target!r}: run 'taskvec reproduce list' to see the names")
