@@ -42,6 +42,14 @@ def _query_positions(model: Model, batch: Batch) -> torch.Tensor:
     return torch.tensor([d[-1] for d in model.delimiters(batch)])
 
 
+def _values(model: Model, vector: TaskVector | None, mode: str) -> torch.Tensor | None:
+    """The vector's rows ``[n_layers, d_model]`` on the model's device and dtype (``None`` for no
+    vector), after checking ``mode``."""
+    if mode not in MODES:
+        raise TaskvecError(f"mode={mode!r}: use one of {MODES}")
+    return None if vector is None else vector.vectors.to(model.device, dtype=next(model.hf.parameters()).dtype)
+
+
 def _write(model: Model, values: torch.Tensor, layers: Sequence[int], where: tuple, mode: str) -> None:
     """Inside a trace: at each layer, replace (or add to) the residual stream at ``where`` (an index
     into ``[batch, seq]``) with the layer's row of ``values`` ``[n_layers, d_model]``."""
@@ -65,11 +73,9 @@ def patched_logits(
 
     ``vector=None`` runs the batch unpatched (the same code path, for fair baselines).
     """
-    if mode not in MODES:
-        raise TaskvecError(f"mode={mode!r}: use one of {MODES}")
+    values = _values(model, vector, mode)
     pos = _query_positions(model, batch)
     rows = torch.arange(len(batch))
-    values = None if vector is None else vector.vectors.to(model.device, dtype=next(model.hf.parameters()).dtype)
     with model.trace(batch, logits_to_keep=1):
         if values is not None:
             _write(model, values, layers, (rows, pos), mode)
@@ -116,9 +122,7 @@ def cached_patched_logits(
     Returns:
         next-token logits ``[batch, vocab]``, equal (to float rounding) to the full patched forward.
     """
-    if mode not in MODES:
-        raise TaskvecError(f"mode={mode!r}: use one of {MODES}")
-    values = None if vector is None else vector.vectors.to(model.device, dtype=next(model.hf.parameters()).dtype)
+    values = _values(model, vector, mode)
     inputs = dict(input_ids=batch.input_ids[:, -1:], past_key_values=copy.deepcopy(cache))
     if "attention_mask" in batch.inputs:
         inputs["attention_mask"] = batch.inputs["attention_mask"]
@@ -257,13 +261,11 @@ def patch_generate(
         ['Nairobi\\n\\nQ:']
     """
     vector.check_compatible(model, allow_transfer=allow_transfer)
-    if mode not in MODES:
-        raise TaskvecError(f"mode={mode!r}: use one of {MODES}")
+    values = _values(model, vector, mode)
     chosen = _layers(model, layers)
     batch = model.encode(list(queries))
     pos = _query_positions(model, batch)
     rows = torch.arange(len(batch))
-    values = vector.vectors.to(model.device, dtype=next(model.hf.parameters()).dtype)
     with model.generate(batch, max_new_tokens=max_new_tokens) as tracer:
         _write(model, values, chosen, (rows, pos), mode)
         out = tracer.result.save()
