@@ -379,6 +379,14 @@ def train(
             torch.save(text, text_path)
         return text
 
+    def text_term(text: torch.Tensor | None, n: int, seed: int, like: torch.Tensor) -> torch.Tensor:
+        """Plain-text loss of ``n`` sequences drawn with ``seed``; zero (as ``like``) when there are none."""
+        if text is None or not n:
+            return like * 0
+        gen = torch.Generator().manual_seed(seed)
+        rows = torch.randint(len(text), (n,), generator=gen)
+        return _text_loss(model, text[rows], config.text_positions, gen)
+
     def new_lora() -> list[torch.nn.Parameter]:
         torch.manual_seed(config.seed + 3)
         return add_lora(lm_layers, spec.lora_targets, spec.lora_rank, spec.lora_scale)
@@ -458,12 +466,7 @@ def train(
             batch = caption_batch(processor, [[rng.choice(names[int(c)])] for c in cls], pix, rng=rng)
             with autocast:
                 cap = _caption_loss(model, batch)
-                if text is not None:
-                    gen = torch.Generator().manual_seed(config.seed * 7_919 + 50_000 + step)
-                    rows = torch.randint(len(text), (config.align_text_batch,), generator=gen)
-                    txt = _text_loss(model, text[rows], config.text_positions, gen)
-                else:
-                    txt = cap * 0
+                txt = text_term(text, config.align_text_batch, config.seed * 7_919 + 50_000 + step, cap)
                 loss = cap + txt
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -510,11 +513,9 @@ def train(
                 samples.append([rng.choice(names[int(c)]) for c in cls[i : i + k]])
                 i += k
             batch = caption_batch(processor, samples, pix, rng=rng)
-            gen = torch.Generator().manual_seed(config.seed + step)
-            rows = torch.randint(len(text), (config.lora_text_batch,), generator=gen)
             with autocast:
                 cap = _caption_loss(model, batch)
-                txt = _text_loss(model, text[rows], config.text_positions, gen) if config.lora_text_batch else cap * 0
+                txt = text_term(text, config.lora_text_batch, config.seed + step, cap)
                 loss = cap + txt
             opt.zero_grad(set_to_none=True)
             loss.backward()
