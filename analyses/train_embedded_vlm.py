@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: all cores; on a machine shared with other jobs, 1 can be faster)")
     ap.add_argument("--quick", action="store_true", help="a few steps of each stage on 40 classes (smoke test)")
-    ap.add_argument("--align-lora", action="store_true",
-                    help="train the LoRA from the start of stage 2, with the sizes of the run in docs/embedded-vlm.md")
+    ap.add_argument("--v0", action="store_true",
+                    help="the recipe of the first shipped weights (frozen LM in stage 2, no distillation; docs/embedded-vlm.md)")
     for stage in STAGES:
         ap.add_argument(f"--{stage}-steps", type=int, default=None)
     args = ap.parse_args(argv)
@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> None:
         concepts = concepts[::len(concepts) // 40][:40]
         config = replace(config, renders_per_concept=4, vision_steps=20, vision_batch=64, align_steps=10,
                          align_batch=8, align_text_batch=2, lora_steps=4, lora_batch=8, lora_text_batch=2)
-    if args.align_lora:
-        config = replace(config, align_lora=True, vision_steps=1500, align_batch=32, align_text_batch=4, lora_steps=50)
+    if args.v0:
+        config = replace(config, vision_steps=2000, align_batch=48, align_lr=3e-3, align_lora=False, align_text_batch=4,
+                         lora_steps=100, lora_text_batch=8, distill_batch=0)
     overrides = {f"{s}_steps": getattr(args, f"{s}_steps") for s in STAGES if getattr(args, f"{s}_steps") is not None}
     config = replace(config, **overrides)
     work = Path(args.work) if args.work else cache_dir("vlm-train", f"seed{args.seed}" + ("-quick" if args.quick else ""))

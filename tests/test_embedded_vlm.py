@@ -56,10 +56,26 @@ def test_lm_differs_slightly_from_the_base(vlm, gemma):
             b = dict(vlm_layers[i].named_modules())[path].weight
             rel.append(float((a - b).norm() / a.norm()))
     assert min(rel) > 0, "every LoRA target must have moved"
-    assert max(rel) < 0.1, f"the LM delta should be small, got a relative change of {max(rel):.3f}"
+    # small: a typical target moves by a few percent, none by a quarter (what the LM does stays close:
+    # the residual cosine to the base is >= 0.98 per layer, analyses/results/embedded_vlm.json)
+    median = sorted(rel)[len(rel) // 2]
+    assert median < 0.1 and max(rel) < 0.25, f"the LM delta should be small: median {median:.3f}, max {max(rel):.3f}"
     # everything else is the base LLM, bit for bit
     assert torch.equal(base_layers[3].mlp.down_proj.weight, vlm_layers[3].mlp.down_proj.weight)
     assert torch.equal(gemma.hf.model.embed_tokens.weight, vlm.hf.model.language_model.embed_tokens.weight)
+
+
+def test_vlm_keeps_in_context_learning(vlm, gemma):
+    """The LoRA delta must not cost the LM its text ICL: the shipped VLM keeps about 60% of the base LLM's
+    5-shot accuracy on these two tasks; a run without distillation kept under 10% (0.02 vs 0.27 on six)."""
+    accs = {}
+    for name in ("country-capital", "animal-latin"):
+        task = taskvec.get_task(name)
+        prompts = taskvec.sample_icl_prompts(task.pairs("val", "text"), task.pairs("test", "text")[:24], n_shots=5, seed=0)
+        labels = [p.label for p in prompts]
+        accs[name] = [taskvec.accuracy(taskvec.predict(m, prompts, progress=False), labels) for m in (gemma, vlm)]
+    base, ours = (sum(a[i] for a in accs.values()) for i in (0, 1))
+    assert base > 0.5 and ours >= 0.4 * base, accs
 
 
 def test_every_task_emoji_is_a_training_class():
@@ -139,7 +155,7 @@ def test_short_training_lowers_the_loss(tmp_path):
                 Concept("🍕", "Pizza", "foods")]
     spec = VLMSpec(vision_hidden=64, vision_layers=1, vision_heads=2, vision_mlp=128)
     config = replace(TrainConfig(spec=spec), renders_per_concept=4, vision_steps=12, vision_batch=16, vision_lr=3e-3,
-                     align_steps=24, align_batch=8, align_lr=1e-2, lora_steps=0, warmup=0.0)
+                     align_steps=24, align_batch=8, align_lr=1e-2, lora_steps=0, warmup=0.0, align_lora=False)
     result = train(concepts, config, work_dir=tmp_path, progress=False, stages=("vision", "align"))
     for stage in ("vision", "align"):
         assert len(result.losses[stage]) == getattr(config, f"{stage}_steps")
@@ -168,6 +184,34 @@ def test_align_lora_trains_the_lm_update_in_stage_two(tmp_path):
     frozen = train(concepts, replace(config, align_lora=False), work_dir=tmp_path / "frozen", progress=False,
                    stages=("vision", "align"))
     assert frozen.state["lora"] == {} and len(frozen.losses["align"]) == 3
+
+
+@pytest.mark.slow
+def test_distillation_starts_at_the_base_and_is_recorded(tmp_path):
+    """The KL to the base LLM is exactly zero before the update moves (B starts at zero), then positive."""
+    concepts = [Concept("🇫🇷", "France", "flags"), Concept("🐺", "Wolf", "animals"), Concept("🍕", "Pizza", "foods")]
+    spec = VLMSpec(vision_hidden=64, vision_layers=1, vision_heads=2, vision_mlp=128)
+    config = replace(TrainConfig(spec=spec), renders_per_concept=2, vision_steps=2, vision_batch=8, align_steps=3,
+                     align_batch=4, lora_steps=0, warmup=0.0, align_lora=True, align_text_batch=0, distill_batch=2)
+    kl = train(concepts, config, work_dir=tmp_path, progress=False, stages=("vision", "align")).losses["align_distill"]
+    assert len(kl) == 3 and abs(kl[0]) < 1e-6 and max(kl[1:]) > 1e-6, kl
+
+
+def test_synthetic_icl_prompts_follow_their_rules():
+    from taskvec.embedded.distill import SYNTHETIC_TASKS, synthetic_icl_prompt
+
+    r = random.Random(0)
+    x, y = SYNTHETIC_TASKS["upper"](r)
+    assert y == x.upper() and x.islower()
+    x, y = SYNTHETIC_TASKS["next-number"](r)
+    assert int(y) == int(x) + 1
+    x, y = SYNTHETIC_TASKS["word-count"](r)
+    assert int(y) == len(x.split())
+    paper = {(it.input, it.output) for n in PAPER_TASKS for it in get_task(n).items}
+    for _ in range(50):
+        pairs = [block.split("\nA:") for block in synthetic_icl_prompt(r).split("\n\n")]
+        assert 2 <= len(pairs) <= 6 and all(len(p) == 2 and p[0].startswith("Q:") and p[1] for p in pairs)
+        assert not {(p[0][2:], p[1]) for p in pairs} & paper
 
 
 def test_jitter_pixels_warps_reproducibly_within_range():

@@ -7,7 +7,8 @@ assembled model is a plain transformers model with no extra modules.
 
 from __future__ import annotations
 
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -38,6 +39,32 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.lora_A.t().to(x.dtype)) @ self.lora_B.t().to(x.dtype) * self.scale
+
+
+@contextmanager
+def lora_disabled(module: nn.Module) -> Iterator[None]:
+    """Inside the block every :class:`LoRALinear` under ``module`` computes its base layer alone.
+
+    The teacher of :mod:`taskvec.embedded.distill`: the base model without a second copy of it.
+
+    Example:
+        >>> layer = LoRALinear(nn.Linear(2, 2, bias=False), rank=1, scale=1.0)
+        >>> with torch.no_grad():
+        ...     _ = layer.lora_B.fill_(1.0)
+        >>> x = torch.ones(1, 2)
+        >>> with lora_disabled(layer):
+        ...     torch.equal(layer(x), layer.base(x))
+        True
+    """
+    wrapped = [m for m in module.modules() if isinstance(m, LoRALinear)]
+    scales = [m.scale for m in wrapped]
+    for m in wrapped:
+        m.scale = 0.0
+    try:
+        yield
+    finally:
+        for m, s in zip(wrapped, scales):
+            m.scale = s
 
 
 def _targets(layers: nn.ModuleList, paths: Iterable[str]) -> list[tuple[str, nn.Module, str]]:

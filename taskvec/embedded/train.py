@@ -35,6 +35,7 @@ from ..errors import TaskvecError
 from .assemble import DELTA_FILE, MANIFEST_FILE, VISION_FILE, build_model
 from .concepts import Concept
 from .data import Augment, caption_batch, from_uint8, jitter_pixels, render_pool
+from .distill import icl_distill_loss
 from .lora import add_lora, lora_state
 from .spec import BASE_LLM, VLMSpec, vlm_processor, vlm_tokenizer
 
@@ -64,6 +65,10 @@ class TrainConfig:
         align_lora: stage 2 also trains the LoRA update (rate ``lora_lr``) on captions plus
             ``align_text_batch`` plain-text sequences per step; else the LM stays frozen (v0).
         lora_steps, lora_batch, lora_text_batch, lora_lr, lora_projector_lr: stage 3.
+        distill_batch, distill_weight: whenever the LoRA update trains, ``distill_batch`` synthetic
+            few-shot prompts per step whose output distribution at the answer delimiters is held
+            to the base LLM's by a KL term of weight ``distill_weight``
+            (:mod:`taskvec.embedded.distill`; 0 prompts: no such term).
         multi_image: fraction of stage-3 caption sequences with two images.
         text_positions: positions per plain-text sequence that carry loss (the unembedding over
             262k words is the costliest op, so not every position is scored).
@@ -77,20 +82,22 @@ class TrainConfig:
     seed: int = 0
     spec: VLMSpec = field(default_factory=VLMSpec)
     renders_per_concept: int = 24
-    vision_steps: int = 2000
+    vision_steps: int = 1200
     vision_batch: int = 128
     vision_lr: float = 2e-3
     align_steps: int = 200
-    align_batch: int = 48
-    align_lr: float = 3e-3
+    align_batch: int = 32
+    align_lr: float = 5e-3
     align_vision_lr: float = 5e-4
-    align_lora: bool = False
-    align_text_batch: int = 4
-    lora_steps: int = 100
+    align_lora: bool = True
+    align_text_batch: int = 2
+    lora_steps: int = 50
     lora_batch: int = 24
-    lora_text_batch: int = 8
+    lora_text_batch: int = 2
     lora_lr: float = 1e-3
     lora_projector_lr: float = 3e-4
+    distill_batch: int = 6
+    distill_weight: float = 2.0
     multi_image: float = 0.25
     text_positions: int = 8
     warmup: float = 0.05
@@ -387,6 +394,12 @@ def train(
         rows = torch.randint(len(text), (n,), generator=gen)
         return _text_loss(model, text[rows], config.text_positions, gen)
 
+    def distill_term(seed: int, like: torch.Tensor) -> torch.Tensor:
+        """KL to the base LLM on ``distill_batch`` synthetic few-shot prompts; zero without LoRA or prompts."""
+        if not (lora_params and config.distill_batch):
+            return like * 0
+        return icl_distill_loss(model, tokenizer, config.distill_batch, seed)
+
     def new_lora() -> list[torch.nn.Parameter]:
         torch.manual_seed(config.seed + 3)
         return add_lora(lm_layers, spec.lora_targets, spec.lora_rank, spec.lora_scale)
@@ -467,7 +480,8 @@ def train(
             with autocast:
                 cap = _caption_loss(model, batch)
                 txt = text_term(text, config.align_text_batch, config.seed * 7_919 + 50_000 + step, cap)
-                loss = cap + txt
+                kl = distill_term(config.seed * 7_919 + 90_000 + step, cap)
+                loss = cap + txt + config.distill_weight * kl
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -475,8 +489,10 @@ def train(
             state["losses"]["align"].append(cap.item())
             if text is not None:
                 state.setdefault("align_text_losses", []).append(txt.item())
+            if lora_params and config.distill_batch:
+                state.setdefault("align_distill_losses", []).append(kl.item())
             state["step"] = step + 1
-            bar.set_postfix(caption=f"{cap.item():.3f}", text=f"{txt.item():.3f}")
+            bar.set_postfix(caption=f"{cap.item():.3f}", text=f"{txt.item():.3f}", kl=f"{kl.item():.3f}")
             if on_step:
                 on_step("align", step, cap.item())
             ckpt.save({**snapshot(), "opt": opt.state_dict()})
@@ -516,15 +532,18 @@ def train(
             with autocast:
                 cap = _caption_loss(model, batch)
                 txt = text_term(text, config.lora_text_batch, config.seed + step, cap)
-                loss = cap + txt
+                kl = distill_term(config.seed * 7_919 + 190_000 + step, cap)
+                loss = cap + txt + config.distill_weight * kl
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(lora_params + list(projector.parameters()), 1.0)
             opt.step()
             state["losses"]["lora"].append(cap.item())
             state.setdefault("text_losses", []).append(txt.item())
+            if config.distill_batch:
+                state.setdefault("distill_losses", []).append(kl.item())
             state["step"] = step + 1
-            bar.set_postfix(caption=f"{cap.item():.3f}", text=f"{txt.item():.3f}")
+            bar.set_postfix(caption=f"{cap.item():.3f}", text=f"{txt.item():.3f}", kl=f"{kl.item():.3f}")
             if on_step:
                 on_step("lora", step, cap.item())
             ckpt.save({**snapshot(), "opt": opt.state_dict()})
@@ -546,7 +565,7 @@ def train(
     parameters["trainable_shipped"] = parameters["vision_tower"] + parameters["projector"] + parameters["lm_delta"]
     return TrainResult(
         losses={s: list(state["losses"][s]) for s in STAGES}
-        | {"text": list(state.get("text_losses", [])), "align_text": list(state.get("align_text_losses", []))},
+        | {k: list(state.get(f"{k}_losses", [])) for k in ("text", "align_text", "distill", "align_distill")},
         seconds=final["seconds"],
         cpu_seconds=final["cpu_seconds"],
         parameters=parameters,
