@@ -2,14 +2,15 @@
 
 1. **vision**: the SigLIP encoder learns to tell the concepts apart (a temporary linear
    classifier on its mean-pooled output; no language model involved, so it is cheap).
-2. **align**: the projector and the encoder learn to caption through the *frozen* language
-   model: image → name, loss on the name tokens only. With ``align_lora`` the LoRA update of
-   stage 3 starts here instead, on captions mixed with plain text: captions then fit far better
-   (the LM learns to name an image at all), but in the one run measured the LM lost most of its
-   text ICL ability, so the shipped run keeps the LM frozen here (docs/embedded-vlm.md).
-3. **lora**: a low-rank update of the language model's attention (plus the projector) on the
-   same captions (one or two images per sequence) mixed with plain text sampled from the base
-   LLM, so the VLM's LM moves only slightly away from the base LLM.
+2. **align**: the projector and the encoder learn to caption through the language model:
+   image → name, loss on the name tokens only. With ``align_lora`` (the shipped run) the LoRA
+   update of stage 3 starts here, on captions mixed with plain text, and a KL term holds the
+   tuned LM's outputs on synthetic few-shot prompts to the base LLM's
+   (:mod:`taskvec.embedded.distill`): without it the LM learned to name images but lost its text
+   in-context learning (docs/embedded-vlm.md). Without ``align_lora`` the LM stays frozen (v0).
+3. **lora**: a low-rank update of the language model's attention (plus the projector) on
+   captions (one or two images per sequence) mixed with plain text sampled from the base LLM
+   and the same KL term, so the VLM's LM moves only slightly away from the base LLM.
 
 All randomness comes from ``TrainConfig.seed``: the batch of step ``i`` of stage ``s`` is drawn
 from its own generator, so a run resumed from a checkpoint takes the same steps as one that
