@@ -1,18 +1,22 @@
 """Train the embedded VLM (gemma-3-270m-vlm) and write its shipped weights.
 
-Three stages on CPU (see taskvec/embedded/train.py and docs/embedded-vlm.md): the SigLIP encoder
-as a classifier of the concepts, then encoder + projector captioning through the frozen
-Gemma-3-270m, then a rank-8 LoRA of the LM's attention on captions mixed with plain text.
-Fixed seed; a checkpoint under the user cache lets an interrupted run resume where it stopped
-(run the same command again). Writes taskvec/embedded/weights/{vision,lm_delta}.safetensors and
-manifest.json, and analyses/results/embedded_vlm_training.json (loss curves, timings).
+Four stages on CPU (see taskvec/embedded/train.py and docs/embedded-vlm.md): free class codes,
+the projector and a rank-8 LoRA of Gemma-3-270m's attention learn to caption through the LM
+(read); the SigLIP encoder learns to put each render on its concept's code (vision); then
+encoder, projector and LoRA caption real renders (align), and the LoRA and projector caption
+one or two images per sequence (lora). Plain text and a KL term on synthetic few-shot prompts
+keep the LM close to the base LLM throughout. Fixed seed; a checkpoint under the user cache lets
+an interrupted run resume where it stopped (run the same command again). Writes
+taskvec/embedded/weights/{vision,lm_delta}.safetensors and manifest.json, and
+analyses/results/embedded_vlm_training.json (loss curves, timings).
 
     python analyses/train_embedded_vlm.py            # the shipped run (< 30 min on 2 idle cores)
     python analyses/train_embedded_vlm.py --fresh    # ignore the checkpoint, start over
     python analyses/train_embedded_vlm.py --quick --out /tmp/vlm-weights   # a 2-minute smoke run
-    python analyses/train_embedded_vlm.py --align-lora   # the LoRA-in-stage-2 experiment of
-        # docs/embedded-vlm.md (20 min; better recognition, text ICL lost; not shipped): it replaces
-        # the shipped weights, so measure it with eval_embedded_vlm.py, then `git checkout` them back
+    python analyses/train_embedded_vlm.py --v1       # the previous shipped recipe (no read stage),
+    python analyses/train_embedded_vlm.py --v0       # or the first one (frozen LM in stage 2); both
+        # replace the shipped weights, so measure them with eval_embedded_vlm.py, then
+        # `git checkout taskvec/embedded/weights analyses/results` to get the shipped ones back
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps of each stage on 40 classes (smoke test)")
     ap.add_argument("--v0", action="store_true",
                     help="the recipe of the first shipped weights (frozen LM in stage 2, no distillation; docs/embedded-vlm.md)")
+    ap.add_argument("--v1", action="store_true",
+                    help="the recipe of the second shipped weights (no read stage: name-anchored encoder first; docs/embedded-vlm.md)")
     for stage in STAGES:
         ap.add_argument(f"--{stage}-steps", type=int, default=None)
     args = ap.parse_args(argv)
@@ -57,10 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     concepts = training_concepts(args.n_extra, seed=args.seed)
     if args.quick:
         concepts = concepts[::len(concepts) // 40][:40]
-        config = replace(config, renders_per_concept=4, vision_steps=20, vision_batch=64, align_steps=10,
+        config = replace(config, renders_per_concept=4, read_steps=6, read_batch=8, vision_steps=20, vision_batch=64, align_steps=10,
                          align_batch=8, align_text_batch=2, lora_steps=4, lora_batch=8, lora_text_batch=2)
+    if args.v0 and args.v1:
+        ap.error("--v0 and --v1 are two different recipes: pick one")
+    if args.v1:
+        config = replace(config, read_steps=0, vision_steps=1200, align_steps=200, align_lr=5e-3)
     if args.v0:
-        config = replace(config, vision_steps=2000, align_batch=48, align_lr=3e-3, align_lora=False, align_text_batch=4,
+        config = replace(config, read_steps=0, vision_steps=2000, align_steps=200, align_batch=48, align_lr=3e-3, align_lora=False, align_text_batch=4,
                          lora_steps=100, lora_text_batch=8, distill_batch=0)
     overrides = {f"{s}_steps": getattr(args, f"{s}_steps") for s in STAGES if getattr(args, f"{s}_steps") is not None}
     config = replace(config, **overrides)
@@ -95,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         "config": config.to_json(),
         "loss_curves_thinned": {k: thin(v) for k, v in result.losses.items()},
         "first_last_loss": {k: [v[0], sum(v[-20:]) / len(v[-20:])] for k, v in result.losses.items() if v},
+        "code_fit_cosine": result.code_fit_cosine,
     })
 
 

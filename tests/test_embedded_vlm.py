@@ -239,3 +239,49 @@ def test_name_anchored_head_learns_only_its_projection():
     logits.sum().backward()
     assert head.proj.weight.grad is not None and feats.grad is not None
     assert {n for n, _ in head.named_parameters()} == {"proj.weight", "log_scale"}  # the names stay frozen
+
+
+def test_code_head_pulls_features_onto_their_codes():
+    from taskvec.embedded.codes import CodeHead
+
+    codes = torch.randn(5, 16)
+    head = CodeHead(codes, pull=1.0)
+    assert {n for n, _ in head.named_parameters()} == {"log_scale"}  # the codes stay frozen
+    cls = torch.tensor([0, 3])
+    on_code = head.loss(codes[cls] * 7.0, cls)       # scale does not matter: the projector normalises
+    off_code = head.loss(codes[[1, 2]], cls)
+    assert on_code < off_code
+    assert head(codes).argmax(-1).tolist() == list(range(5))
+
+
+@pytest.mark.slow
+def test_read_stage_teaches_codes_and_the_encoder_lands_on_them(tmp_path):
+    """The read stage lowers the caption loss on free codes; the vision stage then trains against
+    those codes (its features' cosine to their own code rises), and a resumed run is identical."""
+    from taskvec.embedded.codes import CodeHead, codes_as_image_features
+
+    concepts = [Concept("🇫🇷", "France", "flags"), Concept("🐺", "Wolf", "animals"), Concept("🍕", "Pizza", "foods")]
+    spec = VLMSpec(vision_hidden=64, vision_layers=1, vision_heads=2, vision_mlp=128)
+    config = replace(TrainConfig(spec=spec), renders_per_concept=2, read_steps=12, read_batch=6, read_code_lr=0.2,
+                     vision_steps=20, vision_batch=12, align_steps=0, lora_steps=0, warmup=0.0, align_text_batch=0,
+                     distill_batch=0)
+    result = train(concepts, config, work_dir=tmp_path, progress=False, stages=("read", "vision"))
+    read, vision = result.losses["read"], result.losses["vision"]
+    assert len(read) == 12 and sum(read[-3:]) / 3 < 0.7 * sum(read[:3]) / 3, [round(x, 2) for x in read]
+    assert sum(vision[-3:]) / 3 < sum(vision[:3]) / 3, [round(x, 2) for x in vision]
+    assert result.state["lora"] and any(v.abs().sum() > 0 for k, v in result.state["lora"].items() if k.endswith("lora_B"))
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["codes"].shape == (3, 64)
+    again = train(concepts, config, work_dir=tmp_path, progress=False, stages=("read", "vision"))
+    assert again.losses["read"] == read and all(torch.equal(again.state["vision"][k], v) for k, v in result.state["vision"].items())
+    # the codes replace the vision tower's output inside the block, and only there
+    from taskvec.embedded.assemble import build_model
+    from taskvec.loading import converted_dir
+
+    model = build_model(converted_dir("gemma-3-270m"), spec)
+    pix = torch.zeros(2, 3, spec.image_size, spec.image_size)
+    with codes_as_image_features(model, saved["codes"], torch.tensor([2, 0])):
+        inside = model.model.vision_tower(pixel_values=pix).last_hidden_state
+    outside = model.model.vision_tower(pixel_values=pix).last_hidden_state
+    assert torch.equal(inside[0, 3], saved["codes"][2]) and not torch.equal(outside[0, 3], saved["codes"][2])
+    assert CodeHead(saved["codes"])(saved["codes"]).argmax(-1).tolist() == [0, 1, 2]

@@ -1,7 +1,15 @@
-"""Training the embedded VLM on a CPU in three stages, resumable at any step.
+"""Training the embedded VLM on a CPU in four stages, resumable at any step.
 
-1. **vision**: the SigLIP encoder learns to tell the concepts apart (a temporary linear
-   classifier on its mean-pooled output; no language model involved, so it is cheap).
+0. **read** (``read_steps > 0``, the shipped run): a free code per concept stands in for the
+   encoder's output (:mod:`taskvec.embedded.codes`); codes, projector and the LoRA update of
+   the LM learn to caption them, with the plain-text and KL terms of stage 2. The LM so learns
+   to read image tokens before any encoder exists, which the encoder-first recipe could not
+   teach it in the CPU budget (docs/embedded-vlm.md).
+1. **vision**: the SigLIP encoder learns to tell the concepts apart (a temporary classifier on
+   its mean-pooled output; no language model involved, so it is cheap). After a read stage the
+   classifier's class weights are the frozen codes (:class:`~taskvec.embedded.codes.CodeHead`),
+   so each render's feature lands on the code the LM already names; otherwise it is a
+   :class:`NameAnchoredHead`.
 2. **align**: the projector and the encoder learn to caption through the language model:
    image → name, loss on the name tokens only. With ``align_lora`` (the shipped run) the LoRA
    update of stage 3 starts here, on captions mixed with plain text, and a KL term holds the
@@ -36,11 +44,13 @@ from ..errors import TaskvecError
 from .assemble import DELTA_FILE, MANIFEST_FILE, VISION_FILE, build_model
 from .concepts import Concept
 from .data import Augment, caption_batch, from_uint8, jitter_pixels, render_pool
+from .codes import CodeHead, codes_as_image_features, fit_projector_to_codes
 from .distill import icl_distill_loss
 from .lora import add_lora, lora_state
 from .spec import BASE_LLM, VLMSpec, vlm_processor, vlm_tokenizer
 
-STAGES = ("vision", "align", "lora")
+STAGES = ("read", "vision", "align", "lora")
+_READ, _VISION, _ALIGN, _LORA, _DONE = range(5)
 
 #: Openings of the plain-text samples drawn from the base LLM for stage 3 (varied, none about the tasks).
 TEXT_OPENINGS = (
@@ -60,6 +70,9 @@ class TrainConfig:
         seed: the one seed of the run.
         spec: the model sizes.
         renders_per_concept: augmented renders per concept in the cached pool.
+        read_steps, read_batch, read_code_lr, read_projector_lr: stage 0 (free class codes,
+            projector and LoRA captioning through the LM; 0 steps: no such stage, v0/v1).
+        code_pull: weight of the pull of each feature towards its code in stage 1.
         vision_steps, vision_batch, vision_lr: stage 1 (encoder as a classifier).
         align_steps, align_batch, align_lr, align_vision_lr: stage 2 (projector and encoder;
             the encoder with the smaller rate).
@@ -83,12 +96,17 @@ class TrainConfig:
     seed: int = 0
     spec: VLMSpec = field(default_factory=VLMSpec)
     renders_per_concept: int = 24
+    read_steps: int = 140
+    read_batch: int = 32
+    read_code_lr: float = 0.3
+    read_projector_lr: float = 5e-3
+    code_pull: float = 10.0
     vision_steps: int = 1200
     vision_batch: int = 128
     vision_lr: float = 2e-3
-    align_steps: int = 200
+    align_steps: int = 60
     align_batch: int = 32
-    align_lr: float = 5e-3
+    align_lr: float = 1e-3
     align_vision_lr: float = 5e-4
     align_lora: bool = True
     align_text_batch: int = 2
@@ -132,6 +150,8 @@ class TrainResult:
         parameters: trainable parameter counts by part (``vision_tower``, ``projector``,
             ``lm_delta``) and the temporary classifier of stage 1.
         state: the trained weights: ``vision`` (tower + projector keys of the VLM) and ``lora``.
+        code_fit_cosine: after a read stage, the mean cosine between the encoder's features and
+            their codes reached by the projector fit at the end of stage 1 (else ``None``).
     """
 
     losses: dict[str, list[float]]
@@ -139,6 +159,7 @@ class TrainResult:
     cpu_seconds: float
     parameters: dict[str, int]
     state: dict[str, dict[str, torch.Tensor]]
+    code_fit_cosine: float | None = None
 
 
 def _cpu() -> float:
@@ -406,7 +427,7 @@ def train(
         return add_lora(lm_layers, spec.lora_targets, spec.lora_rank, spec.lora_scale)
 
     lora_params: list[torch.nn.Parameter] = []
-    if state["stage"] >= 2 or "lora" in state:  # resuming a run that already has the update
+    if state["stage"] >= _LORA or "lora" in state:  # resuming a run that already has the update
         lora_params = new_lora()
         if "lora" in state:
             _load_lora(lm_layers, spec, state["lora"])
@@ -415,12 +436,65 @@ def train(
     vision = model.model.vision_tower
     projector = model.model.multi_modal_projector
 
+    # --- stage 0: free class codes, the projector and the LoRA learn to caption through the LM ---
+    if state["stage"] == _READ and "read" in stages and config.read_steps:
+        if "codes" in state:
+            codes = torch.nn.Parameter(state["codes"].clone())
+        else:
+            g = torch.Generator().manual_seed(config.seed * 1_000_003 + 5)
+            codes = torch.nn.Parameter(torch.randn(n_cls, spec.vision_hidden, generator=g))
+        if not lora_params:
+            lora_params = new_lora()
+        projector.requires_grad_(True)
+        groups = [{"params": [codes], "peak": config.read_code_lr},
+                  {"params": list(projector.parameters()), "peak": config.read_projector_lr},
+                  {"params": lora_params, "peak": config.lora_lr}]
+        trained = [p for g in groups for p in g["params"]]
+        opt = torch.optim.AdamW(groups, lr=config.lora_lr, weight_decay=0.0)
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
+        text = plain_text() if config.align_text_batch else None
+        no_pixels = torch.zeros(config.read_batch, 3, spec.image_size, spec.image_size)
+        bar = tqdm(range(state["step"], config.read_steps), desc="1/4 read", disable=not progress,
+                   initial=state["step"], total=config.read_steps)
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, config.read_steps, g["peak"], config.warmup)
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 3 * 100_003 + step)
+            cls = torch.randint(n_cls, (config.read_batch,), generator=gen)
+            rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
+            batch = caption_batch(processor, [[rng.choice(names[int(c)])] for c in cls], no_pixels, rng=rng)
+            with autocast, codes_as_image_features(model, codes, cls):
+                cap = _caption_loss(model, batch)
+                txt = text_term(text, config.align_text_batch, config.seed * 7_919 + 30_000 + step, cap)
+                kl = distill_term(config.seed * 7_919 + 70_000 + step, cap)
+                loss = cap + txt + config.distill_weight * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
+            opt.step()
+            state["losses"]["read"].append(cap.item())
+            state.setdefault("read_distill_losses", []).append(kl.item())
+            state["codes"] = codes.detach().clone()
+            state["step"] = step + 1
+            bar.set_postfix(caption=f"{cap.item():.3f}", text=f"{txt.item():.3f}", kl=f"{kl.item():.3f}")
+            if on_step:
+                on_step("read", step, cap.item())
+            ckpt.save({**snapshot(), "opt": opt.state_dict()})
+        projector.requires_grad_(False)
+    if state["stage"] == _READ:
+        state.update(stage=_VISION, step=0)
+        state.pop("opt", None)
+        ckpt.save(snapshot(), force=True)
+
     # --- stage 1: the encoder as a classifier ---------------------------------------------------
-    if config.anchor_names:
-        head: torch.nn.Module = NameAnchoredHead(name_embeddings(model, tokenizer, [n[0] for n in names]), spec.vision_hidden)
+    if "codes" in state:
+        head: torch.nn.Module = CodeHead(state["codes"], config.code_pull)
+    elif config.anchor_names:
+        head = NameAnchoredHead(name_embeddings(model, tokenizer, [n[0] for n in names]), spec.vision_hidden)
     else:
         head = torch.nn.Linear(spec.vision_hidden, n_cls)
-    if state["stage"] == 0 and "vision" in stages and config.vision_steps:
+    if state["stage"] == _VISION and "vision" in stages and config.vision_steps:
         vision.requires_grad_(True)
         params = list(vision.parameters()) + list(head.parameters())
         opt = torch.optim.AdamW(params, lr=config.vision_lr, weight_decay=0.05)
@@ -429,7 +503,7 @@ def train(
         if "opt" in state:
             opt.load_state_dict(state["opt"])
         vision.train()
-        bar = tqdm(range(state["step"], config.vision_steps), desc="1/3 vision", disable=not progress,
+        bar = tqdm(range(state["step"], config.vision_steps), desc="2/4 vision", disable=not progress,
                    initial=state["step"], total=config.vision_steps)
         for step in bar:
             for g in opt.param_groups:
@@ -437,7 +511,7 @@ def train(
             cls, pix, _ = draw(0, step, config.vision_batch)
             with autocast:
                 feats = vision(pixel_values=pix).last_hidden_state.mean(1)
-                loss = F.cross_entropy(head(feats).float(), cls)
+                loss = head.loss(feats, cls) if isinstance(head, CodeHead) else F.cross_entropy(head(feats).float(), cls)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -450,13 +524,15 @@ def train(
             ckpt.save({**snapshot(), "head": head.state_dict(), "opt": opt.state_dict()})
         vision.eval()
         vision.requires_grad_(False)
-    if state["stage"] == 0:
-        state.update(stage=1, step=0)
+    if state["stage"] == _VISION:
+        if "codes" in state and "vision" in stages:
+            state["code_fit_cosine"] = _fit_to_codes(model, pool, state["codes"], config, autocast)
+        state.update(stage=_ALIGN, step=0)
         state.pop("opt", None)
         ckpt.save(snapshot(), force=True)
 
     # --- stage 2: projector + encoder through the frozen LM -------------------------------------
-    if state["stage"] == 1 and "align" in stages and config.align_steps:
+    if state["stage"] == _ALIGN and "align" in stages and config.align_steps:
         vision.requires_grad_(True)
         projector.requires_grad_(True)
         groups = [{"params": list(projector.parameters()), "lr": config.align_lr, "peak": config.align_lr},
@@ -471,7 +547,7 @@ def train(
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
         if "opt" in state:
             opt.load_state_dict(state["opt"])
-        bar = tqdm(range(state["step"], config.align_steps), desc="2/3 align", disable=not progress,
+        bar = tqdm(range(state["step"], config.align_steps), desc="3/4 align", disable=not progress,
                    initial=state["step"], total=config.align_steps)
         for step in bar:
             for g in opt.param_groups:
@@ -499,13 +575,13 @@ def train(
             ckpt.save({**snapshot(), "opt": opt.state_dict()})
         vision.requires_grad_(False)
         projector.requires_grad_(False)
-    if state["stage"] == 1:
-        state.update(stage=2, step=0)
+    if state["stage"] == _ALIGN:
+        state.update(stage=_LORA, step=0)
         state.pop("opt", None)
         ckpt.save(snapshot(), force=True)
 
     # --- stage 3: LoRA on the LM + projector, captions mixed with plain text ---------------------
-    if state["stage"] == 2 and "lora" in stages and config.lora_steps:
+    if state["stage"] == _LORA and "lora" in stages and config.lora_steps:
         text = plain_text()
         if not lora_params:
             lora_params = new_lora()
@@ -517,7 +593,7 @@ def train(
         )
         if "opt" in state:
             opt.load_state_dict(state["opt"])
-        bar = tqdm(range(state["step"], config.lora_steps), desc="3/3 lora", disable=not progress,
+        bar = tqdm(range(state["step"], config.lora_steps), desc="4/4 lora", disable=not progress,
                    initial=state["step"], total=config.lora_steps)
         for step in bar:
             for g in opt.param_groups:
@@ -549,8 +625,8 @@ def train(
                 on_step("lora", step, cap.item())
             ckpt.save({**snapshot(), "opt": opt.state_dict()})
         projector.requires_grad_(False)
-    if state["stage"] == 2:
-        state.update(stage=3, step=0)
+    if state["stage"] == _LORA:
+        state.update(stage=_DONE, step=0)
         state.pop("opt", None)
     final = snapshot()
     ckpt.save(final, force=True)
@@ -566,12 +642,31 @@ def train(
     parameters["trainable_shipped"] = parameters["vision_tower"] + parameters["projector"] + parameters["lm_delta"]
     return TrainResult(
         losses={s: list(state["losses"][s]) for s in STAGES}
-        | {k: list(state.get(f"{k}_losses", [])) for k in ("text", "align_text", "distill", "align_distill")},
+        | {k: list(state.get(f"{k}_losses", [])) for k in ("text", "align_text", "distill", "align_distill", "read_distill")},
         seconds=final["seconds"],
         cpu_seconds=final["cpu_seconds"],
         parameters=parameters,
         state={"vision": final["vision"], "lora": lora},
+        code_fit_cosine=final.get("code_fit_cosine"),
     )
+
+
+def _fit_to_codes(model: Any, pool: torch.Tensor, codes: torch.Tensor, config: TrainConfig, autocast: Any) -> float:
+    """End of stage 1 after a read stage: fold the linear map from the encoder's features of the
+    (jittered) render pool onto the codes into the projector (:func:`~taskvec.embedded.codes.fit_projector_to_codes`)."""
+    vision = model.model.vision_tower
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)
+    n_cls, per = pool.shape[:2]
+    flat = pool.flatten(0, 1)
+    feats = []
+    with torch.no_grad(), autocast:
+        for start in range(0, len(flat), 256):
+            pix = from_uint8(flat[start : start + 256])
+            if config.jitter:
+                pix = jitter_pixels(pix, gen)
+            feats.append(vision(pixel_values=pix).last_hidden_state.mean(1).float())
+    classes = torch.arange(n_cls).repeat_interleave(per)
+    return fit_projector_to_codes(model, torch.cat(feats), classes, codes)
 
 
 def _load_lora(layers: Any, spec: VLMSpec, saved: dict[str, torch.Tensor]) -> None:
@@ -611,6 +706,7 @@ def export(result: TrainResult, concepts: Sequence[Concept], config: TrainConfig
         "torch_threads": torch.get_num_threads(),
         "parameters": result.parameters,
         "final_losses": {s: (sum(v[-20:]) / len(v[-20:]) if v else None) for s, v in result.losses.items()},
+        "code_fit_cosine": result.code_fit_cosine,
         "concepts": [c.to_json() for c in concepts],
         **(extra or {}),
     }
