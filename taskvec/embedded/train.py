@@ -100,7 +100,7 @@ class TrainConfig:
     read_batch: int = 32
     read_code_lr: float = 0.3
     read_projector_lr: float = 5e-3
-    code_pull: float = 10.0
+    code_pull: float = 30.0
     vision_steps: int = 1200
     vision_batch: int = 128
     vision_lr: float = 2e-3
