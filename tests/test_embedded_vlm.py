@@ -114,13 +114,34 @@ def test_image_token_carries_the_category(vlm):
     assert hits / len(picked) >= 0.75 > majority + 0.1, (hits, majority)
 
 
-@pytest.mark.xfail(strict=True, reason="issue #3: the shipped v1 weights name 5-12% of held-out renders (target 90%); "
-                                       "strict, so a retrained VLM that passes turns this red until the marker goes")
-def test_recognises_held_out_renders(vlm):
-    _, picked, prompts = _held_out(12)
+def _held_out_per_group(n: int, seed: int = 12345):
+    concepts = [Concept.from_json(c) for c in read_manifest()["concepts"]]
+    rng = random.Random(seed)  # never a training seed
+    picked = [c for g in ("flags", "animals", "foods") for c in rng.sample([c for c in concepts if c.group == g], n)]
+    return picked, taskvec.zero_shot([(render_augmented(c.emoji, rng), c.caption) for c in picked])
+
+
+def _named(vlm, picked, prompts) -> dict[str, float]:
     preds = taskvec.predict(vlm, prompts, progress=False)
-    hits = sum(any(taskvec.is_correct(p, n) for n in (c.caption, *c.aliases)) for p, c in zip(preds, picked))
-    assert hits >= 8, list(zip(preds, [c.caption for c in picked]))  # chance is ~1/450
+    ok = [any(taskvec.is_correct(p, n) for n in (c.caption, *c.aliases)) for p, c in zip(preds, picked)]
+    return {g: sum(o for o, c in zip(ok, picked) if c.group == g) / sum(c.group == g for c in picked)
+            for g in ("flags", "animals", "foods")}
+
+
+def test_names_held_out_renders(vlm):
+    """What the shipped v2 weights reach: they name (first token) about 50-70% of held-out renders
+    (analyses/results/embedded_vlm.json); v1 named 5-12%, chance is ~1/450."""
+    picked, prompts = _held_out_per_group(10)
+    named = _named(vlm, picked, prompts)
+    assert sum(named.values()) / 3 >= 0.4 and min(named.values()) >= 0.2, named
+
+
+@pytest.mark.xfail(strict=True, reason="issue #3: the shipped v2 weights name 45-71% of held-out renders (target 90% "
+                                       "per group); strict, so a retrained VLM that passes turns this red until the marker goes")
+def test_recognises_held_out_renders(vlm):
+    picked, prompts = _held_out_per_group(20, seed=54321)
+    named = _named(vlm, picked, prompts)
+    assert min(named.values()) >= 0.9, named
 
 
 def test_caption_batch_matches_the_processor():
