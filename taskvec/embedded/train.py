@@ -27,6 +27,7 @@ never stopped. Matmuls run in bfloat16 autocast (3x faster on this CPU); weights
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -422,6 +423,28 @@ def train(
             return like * 0
         return icl_distill_loss(model, tokenizer, config.distill_batch, seed)
 
+    def caption_step(batch: Any, opt: torch.optim.Optimizer, trained: list[torch.nn.Parameter], text: torch.Tensor | None,
+                     n_text: int, text_seed: int, kl_seed: int, inputs: Any = None) -> tuple[float, float, float]:
+        """One optimiser step on caption + plain-text + weighted KL loss; returns the three terms.
+        ``inputs``: a context manager around the forward (the read stage's codes)."""
+        with autocast, inputs or contextlib.nullcontext():
+            cap = _caption_loss(model, batch)
+            txt = text_term(text, n_text, text_seed, cap)
+            kl = distill_term(kl_seed, cap)
+            loss = cap + txt + config.distill_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        opt.step()
+        return cap.item(), txt.item(), kl.item()
+
+    def end_caption_step(stage: str, step: int, bar: Any, opt: torch.optim.Optimizer, cap: float, txt: float, kl: float) -> None:
+        state["step"] = step + 1
+        bar.set_postfix(caption=f"{cap:.3f}", text=f"{txt:.3f}", kl=f"{kl:.3f}")
+        if on_step:
+            on_step(stage, step, cap)
+        ckpt.save({**snapshot(), "opt": opt.state_dict()})
+
     def new_lora() -> list[torch.nn.Parameter]:
         torch.manual_seed(config.seed + 3)
         return add_lora(lm_layers, spec.lora_targets, spec.lora_rank, spec.lora_scale)
@@ -464,23 +487,12 @@ def train(
             cls = torch.randint(n_cls, (config.read_batch,), generator=gen)
             rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
             batch = caption_batch(processor, [[rng.choice(names[int(c)])] for c in cls], no_pixels, rng=rng)
-            with autocast, codes_as_image_features(model, codes, cls):
-                cap = _caption_loss(model, batch)
-                txt = text_term(text, config.align_text_batch, config.seed * 7_919 + 30_000 + step, cap)
-                kl = distill_term(config.seed * 7_919 + 70_000 + step, cap)
-                loss = cap + txt + config.distill_weight * kl
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained, 1.0)
-            opt.step()
-            state["losses"]["read"].append(cap.item())
-            state.setdefault("read_distill_losses", []).append(kl.item())
+            cap, txt, kl = caption_step(batch, opt, trained, text, config.align_text_batch, config.seed * 7_919 + 30_000 + step,
+                                        config.seed * 7_919 + 70_000 + step, codes_as_image_features(model, codes, cls))
+            state["losses"]["read"].append(cap)
+            state.setdefault("read_distill_losses", []).append(kl)
             state["codes"] = codes.detach().clone()
-            state["step"] = step + 1
-            bar.set_postfix(caption=f"{cap.item():.3f}", text=f"{txt.item():.3f}", kl=f"{kl.item():.3f}")
-            if on_step:
-                on_step("read", step, cap.item())
-            ckpt.save({**snapshot(), "opt": opt.state_dict()})
+            end_caption_step("read", step, bar, opt, cap, txt, kl)
         projector.requires_grad_(False)
     if state["stage"] == _READ:
         state.update(stage=_VISION, step=0)
@@ -554,25 +566,14 @@ def train(
                 g["lr"] = _lr(step, config.align_steps, g["peak"], config.warmup)
             cls, pix, rng = draw(1, step, config.align_batch)
             batch = caption_batch(processor, [[rng.choice(names[int(c)])] for c in cls], pix, rng=rng)
-            with autocast:
-                cap = _caption_loss(model, batch)
-                txt = text_term(text, config.align_text_batch, config.seed * 7_919 + 50_000 + step, cap)
-                kl = distill_term(config.seed * 7_919 + 90_000 + step, cap)
-                loss = cap + txt + config.distill_weight * kl
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained, 1.0)
-            opt.step()
-            state["losses"]["align"].append(cap.item())
+            cap, txt, kl = caption_step(batch, opt, trained, text, config.align_text_batch, config.seed * 7_919 + 50_000 + step,
+                                        config.seed * 7_919 + 90_000 + step)
+            state["losses"]["align"].append(cap)
             if text is not None:
-                state.setdefault("align_text_losses", []).append(txt.item())
+                state.setdefault("align_text_losses", []).append(txt)
             if lora_params and config.distill_batch:
-                state.setdefault("align_distill_losses", []).append(kl.item())
-            state["step"] = step + 1
-            bar.set_postfix(caption=f"{cap.item():.3f}", text=f"{txt.item():.3f}", kl=f"{kl.item():.3f}")
-            if on_step:
-                on_step("align", step, cap.item())
-            ckpt.save({**snapshot(), "opt": opt.state_dict()})
+                state.setdefault("align_distill_losses", []).append(kl)
+            end_caption_step("align", step, bar, opt, cap, txt, kl)
         vision.requires_grad_(False)
         projector.requires_grad_(False)
     if state["stage"] == _ALIGN:
@@ -606,24 +607,13 @@ def train(
                 samples.append([rng.choice(names[int(c)]) for c in cls[i : i + k]])
                 i += k
             batch = caption_batch(processor, samples, pix, rng=rng)
-            with autocast:
-                cap = _caption_loss(model, batch)
-                txt = text_term(text, config.lora_text_batch, config.seed + step, cap)
-                kl = distill_term(config.seed * 7_919 + 190_000 + step, cap)
-                loss = cap + txt + config.distill_weight * kl
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(lora_params + list(projector.parameters()), 1.0)
-            opt.step()
-            state["losses"]["lora"].append(cap.item())
-            state.setdefault("text_losses", []).append(txt.item())
+            cap, txt, kl = caption_step(batch, opt, lora_params + list(projector.parameters()), text, config.lora_text_batch,
+                                        config.seed + step, config.seed * 7_919 + 190_000 + step)
+            state["losses"]["lora"].append(cap)
+            state.setdefault("text_losses", []).append(txt)
             if config.distill_batch:
-                state.setdefault("distill_losses", []).append(kl.item())
-            state["step"] = step + 1
-            bar.set_postfix(caption=f"{cap.item():.3f}", text=f"{txt.item():.3f}", kl=f"{kl.item():.3f}")
-            if on_step:
-                on_step("lora", step, cap.item())
-            ckpt.save({**snapshot(), "opt": opt.state_dict()})
+                state.setdefault("distill_losses", []).append(kl)
+            end_caption_step("lora", step, bar, opt, cap, txt, kl)
         projector.requires_grad_(False)
     if state["stage"] == _LORA:
         state.update(stage=_DONE, step=0)
