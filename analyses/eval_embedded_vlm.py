@@ -8,7 +8,9 @@
 2. The six tasks on image queries (test split): zero-shot (query alone) and 5-shot image ICL
    (demonstrations drawn from the validation split), plus 5-shot text ICL on the VLM and on the
    base LLM for reference. Paper metric (first token, prefix match, case-sensitive).
-3. Per-layer cosine similarity between the base LLM's and the VLM's residual streams on the same
+3. The image token against word embeddings: its cosine with its own name's mean input embedding
+   and with the other names' (a copy of a word embedding would be near 1).
+4. Per-layer cosine similarity between the base LLM's and the VLM's residual streams on the same
    text ICL prompts (at the last demonstration's delimiter, where task vectors are read).
 
 Prints tables; writes analyses/results/embedded_vlm.json.
@@ -76,6 +78,25 @@ def recognition(model: taskvec.Model, concepts: list[Concept], renders: int, see
     ])
 
 
+def image_token_vs_names(model: taskvec.Model, concepts: list[Concept]) -> dict[str, float]:
+    """Is the image token a copy of its name's word embedding? Cosine of each plain render's
+    projected image token with its own name's mean input embedding, with the other names', and
+    how often the nearest name embedding (by cosine) is its own."""
+    tok, hf = model.tokenizer, model.hf
+    pix = model.processor.image_processor(images=[render_emoji(c.emoji, 224) for c in concepts], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        img = torch.cat([hf.model.get_image_features(pixel_values=pix[i:i + 64]).pooler_output[:, 0].float()
+                         for i in range(0, len(pix), 64)])
+        emb = hf.model.language_model.embed_tokens
+        names = torch.stack([emb(torch.tensor(tok(c.caption, add_special_tokens=False)["input_ids"])).float().mean(0) for c in concepts])
+    cos = torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(names, dim=-1).T
+    off = ~torch.eye(len(concepts), dtype=torch.bool)
+    return {"own_name": float(cos.diag().mean()), "other_names": float(cos[off].mean()),
+            "nearest_name_is_own": float((cos.argmax(-1) == torch.arange(len(concepts))).float().mean()),
+            "image_token_norm": float(img.norm(dim=-1).mean()), "name_embedding_norm": float(names.norm(dim=-1).mean()),
+            "n_concepts": len(concepts)}
+
+
 def task_accuracy(model: taskvec.Model, task, modality: str, n_shots: int, seed: int, limit: int | None) -> float:
     test = task.pairs("test", modality=modality)[:limit]
     if n_shots:
@@ -119,6 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     recognition_accuracy = {g: float(held[held.group == g].exact.mean()) for g in task_groups}
     wrong = held[~held.exact].groupby("group").apply(lambda d: list(zip(d.concept, d.prediction))[:8], include_groups=False)
 
+    copy = image_token_vs_names(vlm, evaluated)
+    print(f"\nImage token vs name embeddings (plain renders, {copy['n_concepts']} concepts): cosine with its own name "
+          f"{copy['own_name']:.3f}, with other names {copy['other_names']:.3f}; nearest name is its own for "
+          f"{copy['nearest_name_is_own']:.0%}")
+
     # 2. tasks: zero-shot and 5-shot ------------------------------------------------------------
     llm = taskvec.load(args.llm)
     rows = []
@@ -155,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         "recognition_metric": "exact name (or alias) of the greedy caption of held-out augmented renders, prompt 'Q:<image>\\nA:'",
         "recognition_table": {f"{g}|{r}|{m}": float(v) for (g, r), row in rec.groupby(["group", "render"])[["exact", "first_token"]].mean().iterrows() for m, v in row.items()},
         "recognition_counts": {g: int((held.group == g).sum()) for g in held.group.unique()},
+        "image_token_vs_name_embeddings": copy,
         "recognition_errors_sample": {g: [list(x) for x in v] for g, v in wrong.items()},
         "train_minutes": manifest["train_minutes"],
         "trainable_parameters": manifest["parameters"]["trainable_shipped"],
