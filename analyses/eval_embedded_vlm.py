@@ -37,6 +37,7 @@ from _common import DEFAULT_LLM, DEFAULT_VLM, write_json  # noqa: E402
 from taskvec.embedded.assemble import read_manifest  # noqa: E402
 from taskvec.embedded.concepts import Concept  # noqa: E402
 from taskvec.embedded.data import render_augmented  # noqa: E402
+from taskvec.embedded.train import name_embeddings  # noqa: E402
 from taskvec.render import render_emoji  # noqa: E402
 from taskvec.tasks import PAPER_TASKS, get_task  # noqa: E402
 
@@ -87,8 +88,7 @@ def image_token_vs_names(model: taskvec.Model, concepts: list[Concept]) -> dict[
     with torch.no_grad():
         img = torch.cat([hf.model.get_image_features(pixel_values=pix[i:i + 64]).pooler_output[:, 0].float()
                          for i in range(0, len(pix), 64)])
-        emb = hf.model.language_model.embed_tokens
-        names = torch.stack([emb(torch.tensor(tok(c.caption, add_special_tokens=False)["input_ids"])).float().mean(0) for c in concepts])
+    names = name_embeddings(hf, tok, [c.caption for c in concepts])
     cos = torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(names, dim=-1).T
     off = ~torch.eye(len(concepts), dtype=torch.bool)
     return {"own_name": float(cos.diag().mean()), "other_names": float(cos[off].mean()),
