@@ -1,13 +1,16 @@
 """Measure the embedded VLM (gemma-3-270m-vlm): recognition, zero-shot and 5-shot image ICL, LLM-vs-VLM cosine.
 
 1. Recognition: greedy caption of held-out augmented renders (a seed the training never used)
-   and of the plain renders the tasks use, with the captioning prompt ``Q:<image>\\nA:``.
+   and of the plain renders the tasks use, with the captioning prompt ``Image:<image>Name:``
+   (``taskvec.embedded.data.CAPTION_PROMPT``, the first caption format of the training).
    *exact*: the generated text up to the first newline equals the concept's name (or one of
    its aliases: another task's name for the same emoji, or the name of a pixel-identical flag);
    *first token*: taskvec's paper metric (greedy first token, prefix match) against the name.
 2. The six tasks on image queries (test split): zero-shot (query alone) and 5-shot image ICL
    (demonstrations drawn from the validation split), plus 5-shot text ICL on the VLM and on the
-   base LLM for reference. Paper metric (first token, prefix match, case-sensitive).
+   base LLM for reference. Paper metric (first token, prefix match, case-sensitive). On image
+   queries, also how often the answer is the query image's *name* instead (what a VLM trained on
+   ``Q:<image>\\nA:{name}`` captions does on every image prompt).
 3. The image token against word embeddings: its cosine with its own name's mean input embedding
    and with the other names' (a copy of a word embedding would be near 1).
 4. Per-layer cosine similarity between the base LLM's and the VLM's residual streams on the same
@@ -36,7 +39,7 @@ import taskvec  # noqa: E402
 from _common import DEFAULT_LLM, DEFAULT_VLM, write_json  # noqa: E402
 from taskvec.embedded.assemble import read_manifest  # noqa: E402
 from taskvec.embedded.concepts import Concept  # noqa: E402
-from taskvec.embedded.data import render_augmented  # noqa: E402
+from taskvec.embedded.data import CAPTION_PROMPT, render_augmented  # noqa: E402
 from taskvec.embedded.train import name_embeddings  # noqa: E402
 from taskvec.render import render_emoji  # noqa: E402
 from taskvec.tasks import PAPER_TASKS, get_task  # noqa: E402
@@ -46,10 +49,10 @@ HELD_OUT_SEED = 1_000_003
 
 
 def caption(model: taskvec.Model, images: list, *, max_new_tokens: int = 8, batch_size: int = 32) -> tuple[list[str], list[str]]:
-    """Greedy caption of each image with the prompt ``Q:<image>\\nA:``, cut at the first newline,
+    """Greedy caption of each image with the prompt ``Image:<image>Name:``, cut at the first newline,
     and the first generated token alone (the paper's prediction)."""
     out, first = [], []
-    prompts = [taskvec.icl_prompt([], img) for img in images]
+    prompts = taskvec.zero_shot([(img, "") for img in images], template=CAPTION_PROMPT)
     for start in tqdm(range(0, len(prompts), batch_size), desc="captions"):
         batch = model.encode(prompts[start:start + batch_size])
         with torch.no_grad():
@@ -97,14 +100,21 @@ def image_token_vs_names(model: taskvec.Model, concepts: list[Concept]) -> dict[
             "n_concepts": len(concepts)}
 
 
-def task_accuracy(model: taskvec.Model, task, modality: str, n_shots: int, seed: int, limit: int | None) -> float:
+def task_scores(model: taskvec.Model, task, modality: str, n_shots: int, seed: int, limit: int | None) -> tuple[float, float]:
+    """Accuracy on the test split, and how often the prediction is the query's own name instead
+    (the item's text input, e.g. ``France`` for the flag of France; NaN on text queries)."""
     test = task.pairs("test", modality=modality)[:limit]
     if n_shots:
         prompts = taskvec.sample_icl_prompts(task.pairs("val", modality=modality), test, n_shots=n_shots, seed=seed)
     else:
         prompts = taskvec.zero_shot(test)
     preds = taskvec.predict(model, prompts, batch_size=16, progress=False)
-    return taskvec.accuracy(preds, [p.label for p in prompts])
+    named = float("nan")
+    if modality == "image":
+        names = [x for x, _ in task.pairs("test", "text", emoji_only=True)[:limit]]
+        assert len(names) == len(preds), "text and image queries must cover the same items"
+        named = taskvec.accuracy(preds, names)
+    return taskvec.accuracy(preds, [p.label for p in prompts]), named
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     # 1. recognition --------------------------------------------------------------------------
     rec = recognition(vlm, evaluated + others, args.renders, args.seed)
     table = rec.groupby(["group", "render"])[["exact", "first_token"]].mean().unstack("render")
-    print("\nRecognition (Q:<image>\\nA: -> the concept's name)")
+    print("\nRecognition (Image:<image>Name: -> the concept's name)")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     held = rec[rec.render == "held-out augmented"]
     recognition_accuracy = {g: float(held[held.group == g].exact.mean()) for g in task_groups}
@@ -150,12 +160,16 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in tqdm(PAPER_TASKS, desc="tasks"):
         task = get_task(name)
+        zero, zero_named = task_scores(vlm, task, "image", 0, args.seed, limit)
+        icl, icl_named = task_scores(vlm, task, "image", 5, args.seed, limit)
         rows.append({
             "task": name,
-            "image zero-shot": task_accuracy(vlm, task, "image", 0, args.seed, limit),
-            "image 5-shot ICL": task_accuracy(vlm, task, "image", 5, args.seed, limit),
-            "text 5-shot ICL (VLM)": task_accuracy(vlm, task, "text", 5, args.seed, limit),
-            "text 5-shot ICL (base LLM)": task_accuracy(llm, task, "text", 5, args.seed, limit),
+            "image zero-shot": zero,
+            "image 5-shot ICL": icl,
+            "text 5-shot ICL (VLM)": task_scores(vlm, task, "text", 5, args.seed, limit)[0],
+            "text 5-shot ICL (base LLM)": task_scores(llm, task, "text", 5, args.seed, limit)[0],
+            "image zero-shot: names the image": zero_named,
+            "image 5-shot ICL: names the image": icl_named,
         })
     tasks = pd.DataFrame(rows).set_index("task")
     tasks.loc["mean"] = tasks.mean()
@@ -178,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json("embedded_vlm.json", {
         "model": args.model,
         "recognition_accuracy": recognition_accuracy,
-        "recognition_metric": "exact name (or alias) of the greedy caption of held-out augmented renders, prompt 'Q:<image>\\nA:'",
+        "recognition_metric": "exact name (or alias) of the greedy caption of held-out augmented renders, prompt 'Image:<image>Name:'",
         "recognition_table": {f"{g}|{r}|{m}": float(v) for (g, r), row in rec.groupby(["group", "render"])[["exact", "first_token"]].mean().iterrows() for m, v in row.items()},
         "recognition_counts": {g: int((held.group == g).sum()) for g in held.group.unique()},
         "image_token_vs_name_embeddings": copy,

@@ -13,8 +13,9 @@ analyses/results/embedded_vlm_training.json (loss curves, timings).
     python analyses/train_embedded_vlm.py            # the shipped run (< 30 min on 2 idle cores)
     python analyses/train_embedded_vlm.py --fresh    # ignore the checkpoint, start over
     python analyses/train_embedded_vlm.py --quick --out /tmp/vlm-weights   # a 2-minute smoke run
-    python analyses/train_embedded_vlm.py --v1       # the previous shipped recipe (no read stage),
-    python analyses/train_embedded_vlm.py --v0       # or the first one (frozen LM in stage 2); both
+    python analyses/train_embedded_vlm.py --v2       # the previous shipped recipe (Q:/A: captions),
+    python analyses/train_embedded_vlm.py --v1       # the one before (no read stage),
+    python analyses/train_embedded_vlm.py --v0       # or the first one (frozen LM in stage 2); all
         # replace the shipped weights, so measure them with eval_embedded_vlm.py, then
         # `git checkout taskvec/embedded/weights analyses/results` to get the shipped ones back
 """
@@ -35,6 +36,7 @@ import torch  # noqa: E402
 from _common import write_json  # noqa: E402
 from taskvec.cache import cache_dir  # noqa: E402
 from taskvec.embedded.concepts import training_concepts  # noqa: E402
+from taskvec.embedded.data import QA_CAPTION_TEMPLATES  # noqa: E402
 from taskvec.embedded.train import STAGES, TrainConfig, export, train  # noqa: E402
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "taskvec" / "embedded" / "weights"
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps of each stage on 40 classes (smoke test)")
     ap.add_argument("--v0", action="store_true",
                     help="the recipe of the first shipped weights (frozen LM in stage 2, no distillation; docs/embedded-vlm.md)")
+    ap.add_argument("--v2", action="store_true",
+                    help="the recipe of the third shipped weights (40%% of captions in the Q:/A: format; docs/embedded-vlm.md)")
     ap.add_argument("--v1", action="store_true",
                     help="the recipe of the second shipped weights (no read stage: name-anchored encoder first; docs/embedded-vlm.md)")
     for stage in STAGES:
@@ -61,17 +65,21 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     config = TrainConfig(seed=args.seed)
     concepts = training_concepts(args.n_extra, seed=args.seed)
-    if args.quick:
-        concepts = concepts[::len(concepts) // 40][:40]
-        config = replace(config, renders_per_concept=4, read_steps=6, read_batch=8, vision_steps=20, vision_batch=64, align_steps=10,
-                         align_batch=8, align_text_batch=2, lora_steps=4, lora_batch=8, lora_text_batch=2)
-    if args.v0 and args.v1:
-        ap.error("--v0 and --v1 are two different recipes: pick one")
+    if args.v0 + args.v1 + args.v2 > 1:
+        ap.error("--v0, --v1 and --v2 are different recipes: pick one")
+    # v0-v2 shared these settings (v3 changed them); each flag then changes what its recipe did
+    v2 = dict(renders_per_concept=24, read_steps=140, vision_steps=1200, lora_steps=50, templates=QA_CAPTION_TEMPLATES)
+    if args.v2:
+        config = replace(config, **v2)
     if args.v1:
-        config = replace(config, read_steps=0, vision_steps=1200, align_steps=200, align_lr=5e-3)
+        config = replace(config, **v2 | dict(read_steps=0, align_steps=200, align_lr=5e-3))
     if args.v0:
-        config = replace(config, read_steps=0, vision_steps=2000, align_steps=200, align_batch=48, align_lr=3e-3, align_lora=False, align_text_batch=4,
-                         lora_steps=100, lora_text_batch=8, distill_batch=0)
+        config = replace(config, **v2 | dict(read_steps=0, vision_steps=2000, align_steps=200, align_batch=48, align_lr=3e-3, align_lora=False, align_text_batch=4,
+                         lora_steps=100, lora_text_batch=8, distill_batch=0))
+    if args.quick:  # the recipe's stages, each a few steps long
+        concepts = concepts[::len(concepts) // 40][:40]
+        config = replace(config, renders_per_concept=4, read_steps=6 if config.read_steps else 0, read_batch=8, vision_steps=20,
+                         vision_batch=64, align_steps=10, align_batch=8, align_text_batch=2, lora_steps=4, lora_batch=8, lora_text_batch=2)
     overrides = {f"{s}_steps": getattr(args, f"{s}_steps") for s in STAGES if getattr(args, f"{s}_steps") is not None}
     config = replace(config, **overrides)
     work = Path(args.work) if args.work else cache_dir("vlm-train", f"seed{args.seed}" + ("-quick" if args.quick else ""))

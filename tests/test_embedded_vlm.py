@@ -11,7 +11,7 @@ import torch
 import taskvec
 from taskvec.embedded.assemble import read_manifest
 from taskvec.embedded.concepts import Concept, extra_concepts, merge_identical, task_concepts
-from taskvec.embedded.data import CAPTION_TEMPLATES, caption_batch, render_augmented
+from taskvec.embedded.data import CAPTION_PROMPT, CAPTION_TEMPLATES, caption_batch, render_augmented
 from taskvec.embedded.spec import VLMSpec, vlm_processor, vlm_tokenizer
 from taskvec.embedded.train import TrainConfig, train
 from taskvec.loading import converted_dir
@@ -97,7 +97,7 @@ def _held_out(n: int, seed: int = 12345):
     concepts = [Concept.from_json(c) for c in read_manifest()["concepts"] if c["group"] in ("flags", "animals", "foods")]
     rng = random.Random(seed)  # never a training seed
     picked = rng.sample(concepts, n)
-    return concepts, picked, taskvec.zero_shot([(render_augmented(c.emoji, rng), c.caption) for c in picked])
+    return concepts, picked, taskvec.zero_shot([(render_augmented(c.emoji, rng), c.caption) for c in picked], template=CAPTION_PROMPT)
 
 
 def test_image_token_carries_the_category(vlm):
@@ -118,7 +118,7 @@ def _held_out_per_group(n: int, seed: int = 12345):
     concepts = [Concept.from_json(c) for c in read_manifest()["concepts"]]
     rng = random.Random(seed)  # never a training seed
     picked = [c for g in ("flags", "animals", "foods") for c in rng.sample([c for c in concepts if c.group == g], n)]
-    return picked, taskvec.zero_shot([(render_augmented(c.emoji, rng), c.caption) for c in picked])
+    return picked, taskvec.zero_shot([(render_augmented(c.emoji, rng), c.caption) for c in picked], template=CAPTION_PROMPT)
 
 
 def _named(vlm, picked, prompts) -> dict[str, float]:
@@ -145,15 +145,25 @@ def test_recognises_held_out_renders(vlm):
 
 
 def test_caption_batch_matches_the_processor():
+    """The first training caption is CAPTION_PROMPT's query plus the name, tokenised as the processor does."""
     tok = vlm_tokenizer(converted_dir("gemma-3-270m"))
     proc = vlm_processor(tok, VLMSpec())
     img = render_augmented("🐺", random.Random(0))
-    enc = proc(text=["Q:" + proc.boi_token + "\nA:wolf\n"], images=[[img]], return_tensors="pt")
+    enc = proc(text=[CAPTION_PROMPT.query.format(x=proc.boi_token) + "wolf\n"], images=[[img]], return_tensors="pt")
     ours = caption_batch(proc, [["wolf"]], enc["pixel_values"], rng=random.Random(0), templates=CAPTION_TEMPLATES[:1])
     assert ours.input_ids[0].tolist() == enc["input_ids"][0].tolist()
     assert torch.equal(ours.token_type_ids, enc["token_type_ids"])
     scored = [tok.decode([int(ours.input_ids[0, i + 1])]) for i in (ours.targets[0] >= 0).nonzero().flatten()]
     assert scored == ["wolf", "\n"]
+
+
+def test_no_caption_is_written_as_an_icl_query():
+    """A caption in the ICL prompts' own Q:/A: format teaches the VLM to name every image after Q:
+    (the v0-v2 weights did, and image ICL sat at the floor); the shipped recipe has none."""
+    icl_query = taskvec.GENERIC.query.format(x="{image}")
+    for before, _, _ in TrainConfig().templates:
+        assert before != icl_query and not before.endswith(taskvec.GENERIC.marker), before
+    assert read_manifest()["train_config"]["templates"] == [list(t) for t in TrainConfig().templates], "the shipped weights are not this recipe's"
 
 
 def test_concepts_use_task_inputs_and_merge_identical_flags():

@@ -14,17 +14,31 @@ from typing import Any, Sequence
 
 import torch
 
+from ..prompts import Template
 from .concepts import Concept
 
-#: Caption prompts: (text before the name with ``{image}`` where the image goes, text of the target).
-#: The first is the generic ``Q:``/``A:`` template of the paper, asked here for the image's name
-#: only (describing, not a task); recognition is measured with it.
+#: Caption prompts: (text before the name with ``{image}`` where the image goes, text of the target,
+#: weight). None is the ``Q:``/``A:`` format of the paper's ICL prompts: a caption written that way
+#: teaches the VLM that an image after ``Q:`` is to be *named*, which is what the v0-v2 weights did
+#: on every image ICL prompt (names instead of capitals or colours). Recognition is measured with
+#: the first one (:data:`CAPTION_PROMPT`).
 CAPTION_TEMPLATES: tuple[tuple[str, str, float], ...] = (
+    ("Image:{image}Name:", "{name}\n", 0.4),
+    ("{image}This picture shows", " {name}\n", 0.3),
+    ("{image}", "{name}\n", 0.3),
+)
+
+#: The caption prompts of the v0, v1 and v2 weights (40% in the paper's ``Q:``/``A:`` format).
+QA_CAPTION_TEMPLATES: tuple[tuple[str, str, float], ...] = (
     ("Q:{image}\nA:", "{name}\n", 0.4),
     ("{image}", "{name}\n", 0.2),
     ("{image}This picture shows", " {name}\n", 0.2),
     ("Image:{image}Name:", "{name}\n", 0.2),
 )
+
+#: The captioning prompt as a :class:`taskvec.Template` (the first of :data:`CAPTION_TEMPLATES`):
+#: ``taskvec.zero_shot(pairs, template=CAPTION_PROMPT)`` asks the embedded VLM to name each image.
+CAPTION_PROMPT = Template(name="caption", demo="Image:{x}Name:{y}\n\n", query="Image:{x}Name:", marker="Name:")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from ..errors import TaskvecError
 from .assemble import DELTA_FILE, MANIFEST_FILE, VISION_FILE, build_model
 from .concepts import Concept
-from .data import Augment, caption_batch, from_uint8, jitter_pixels, render_pool
+from .data import CAPTION_TEMPLATES, Augment, caption_batch, from_uint8, jitter_pixels, render_pool
 from .codes import CodeHead, codes_as_image_features, fit_projector_to_codes
 from .distill import icl_distill_loss
 from .lora import add_lora, lora_state
@@ -85,6 +85,8 @@ class TrainConfig:
             to the base LLM's by a KL term of weight ``distill_weight``
             (:mod:`taskvec.embedded.distill`; 0 prompts: no such term).
         multi_image: fraction of stage-3 caption sequences with two images.
+        templates: the caption prompts ``(before, after, weight)`` of every caption stage
+            (:data:`~taskvec.embedded.data.CAPTION_TEMPLATES`; v0-v2 used ``QA_CAPTION_TEMPLATES``).
         text_positions: positions per plain-text sequence that carry loss (the unembedding over
             262k words is the costliest op, so not every position is scored).
         warmup: fraction of each stage spent warming the learning rate up.
@@ -96,13 +98,13 @@ class TrainConfig:
 
     seed: int = 0
     spec: VLMSpec = field(default_factory=VLMSpec)
-    renders_per_concept: int = 24
-    read_steps: int = 140
+    renders_per_concept: int = 32
+    read_steps: int = 160
     read_batch: int = 32
     read_code_lr: float = 0.3
     read_projector_lr: float = 5e-3
     code_pull: float = 30.0
-    vision_steps: int = 1200
+    vision_steps: int = 1400
     vision_batch: int = 128
     vision_lr: float = 2e-3
     align_steps: int = 60
@@ -111,7 +113,7 @@ class TrainConfig:
     align_vision_lr: float = 5e-4
     align_lora: bool = True
     align_text_batch: int = 2
-    lora_steps: int = 50
+    lora_steps: int = 40
     lora_batch: int = 24
     lora_text_batch: int = 2
     lora_lr: float = 1e-3
@@ -119,6 +121,7 @@ class TrainConfig:
     distill_batch: int = 6
     distill_weight: float = 2.0
     multi_image: float = 0.25
+    templates: tuple[tuple[str, str, float], ...] = CAPTION_TEMPLATES
     text_positions: int = 8
     warmup: float = 0.05
     bf16: bool = True
@@ -486,7 +489,8 @@ def train(
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 3 * 100_003 + step)
             cls = torch.randint(n_cls, (config.read_batch,), generator=gen)
             rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
-            batch = caption_batch(processor, [[rng.choice(names[int(c)])] for c in cls], no_pixels, rng=rng)
+            batch = caption_batch(processor, [[rng.choice(names[int(c)])] for c in cls], no_pixels, rng=rng,
+                                  templates=config.templates)
             cap, txt, kl = caption_step(batch, opt, trained, text, config.align_text_batch, config.seed * 7_919 + 30_000 + step,
                                         config.seed * 7_919 + 70_000 + step, codes_as_image_features(model, codes, cls))
             state["losses"]["read"].append(cap)
@@ -565,7 +569,8 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = _lr(step, config.align_steps, g["peak"], config.warmup)
             cls, pix, rng = draw(1, step, config.align_batch)
-            batch = caption_batch(processor, [[rng.choice(names[int(c)])] for c in cls], pix, rng=rng)
+            batch = caption_batch(processor, [[rng.choice(names[int(c)])] for c in cls], pix, rng=rng,
+                                  templates=config.templates)
             cap, txt, kl = caption_step(batch, opt, trained, text, config.align_text_batch, config.seed * 7_919 + 50_000 + step,
                                         config.seed * 7_919 + 90_000 + step)
             state["losses"]["align"].append(cap)
@@ -606,7 +611,7 @@ def train(
                 k = 2 if rng.random() < config.multi_image and i + 1 < len(cls) else 1
                 samples.append([rng.choice(names[int(c)]) for c in cls[i : i + k]])
                 i += k
-            batch = caption_batch(processor, samples, pix, rng=rng)
+            batch = caption_batch(processor, samples, pix, rng=rng, templates=config.templates)
             cap, txt, kl = caption_step(batch, opt, lora_params + list(projector.parameters()), text, config.lora_text_batch,
                                         config.seed + step, config.seed * 7_919 + 190_000 + step)
             state["losses"]["lora"].append(cap)
