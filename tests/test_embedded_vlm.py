@@ -78,6 +78,23 @@ def test_vlm_keeps_in_context_learning(vlm, gemma):
     assert base > 0.5 and ours >= 0.4 * base, accs
 
 
+def test_demonstrations_stop_the_vlm_naming_the_query_image(vlm):
+    """Asked ``Q:<image>\\nA:`` alone, the VLM names the image (it is a captioner); with five image
+    demonstrations of a food task it should do the task instead. The v2 weights, trained on
+    ``Q:<image>\\nA:{name}`` captions, named the query image with demonstrations too (image ICL 0.00
+    on both food tasks); v3 names it in under 10% (analyses/results/embedded_vlm.json)."""
+    named = {"zero": [], "icl": []}
+    for name in ("food-color", "food-flavor"):
+        task = taskvec.get_task(name)
+        test = task.pairs("test", "image")[:12]
+        own = [x for x, _ in task.pairs("test", "text", emoji_only=True)[:12]]
+        for kind, prompts in (("zero", taskvec.zero_shot(test)),
+                              ("icl", taskvec.sample_icl_prompts(task.pairs("val", "image"), test, n_shots=5, seed=0))):
+            named[kind] += [taskvec.is_correct(p, n) for p, n in zip(taskvec.predict(vlm, prompts, progress=False), own)]
+    rate = {k: sum(v) / len(v) for k, v in named.items()}
+    assert rate["zero"] >= 0.5 and rate["icl"] <= 0.25, rate
+
+
 def test_every_task_emoji_is_a_training_class():
     shipped = {c["emoji"] for c in read_manifest()["concepts"]}
     for name in PAPER_TASKS:
@@ -129,14 +146,14 @@ def _named(vlm, picked, prompts) -> dict[str, float]:
 
 
 def test_names_held_out_renders(vlm):
-    """What the shipped v2 weights reach: they name (first token) about 50-70% of held-out renders
+    """What the shipped v3 weights reach: they name (first token) about 50-75% of held-out renders
     (analyses/results/embedded_vlm.json); v1 named 5-12%, chance is ~1/450."""
     picked, prompts = _held_out_per_group(10)
     named = _named(vlm, picked, prompts)
     assert sum(named.values()) / 3 >= 0.4 and min(named.values()) >= 0.2, named
 
 
-@pytest.mark.xfail(strict=True, reason="issue #3: the shipped v2 weights name 45-71% of held-out renders (target 90% "
+@pytest.mark.xfail(strict=True, reason="issue #3: the shipped v3 weights name 47-75% of held-out renders (target 90% "
                                        "per group); strict, so a retrained VLM that passes turns this red until the marker goes")
 def test_recognises_held_out_renders(vlm):
     picked, prompts = _held_out_per_group(20, seed=54321)
