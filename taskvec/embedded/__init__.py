@@ -11,15 +11,19 @@ Example:
     >>> vlm = taskvec.load("gemma-3-270m-vlm")          # doctest: +SKIP
     >>> type(vlm.hf).__name__                            # doctest: +SKIP
     'Gemma3ForConditionalGeneration'
+    >>> from taskvec.embedded import CAPTION_PROMPT       # ask it to name images
+    >>> taskvec.zero_shot([(img, "wolf")], template=CAPTION_PROMPT)[0].text   # doctest: +SKIP
+    'Image:<taskvec:image>Name:'
 """
 
 from .assemble import assemble, build_model, read_manifest, weights_dir
 from .concepts import Concept, extra_concepts, task_concepts, training_concepts
+from .data import CAPTION_PROMPT
 from .spec import BASE_LLM, VLM_NAME, VLMSpec, vlm_config, vlm_processor, vlm_tokenizer
 from .train import TrainConfig, TrainResult, export, train
 
 __all__ = [
-    "assemble", "BASE_LLM", "build_model", "Concept", "export", "extra_concepts", "read_manifest",
+    "assemble", "BASE_LLM", "build_model", "CAPTION_PROMPT", "Concept", "export", "extra_concepts", "read_manifest",
     "task_concepts", "train", "TrainConfig", "training_concepts", "TrainResult", "VLM_NAME", "VLMSpec",
     "vlm_config", "vlm_processor", "vlm_tokenizer", "weights_dir",
 ]
