@@ -22,8 +22,8 @@ Prints a table; writes analyses/results/embedded_vlm_gap.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import random
 import sys
 from pathlib import Path
 
@@ -36,11 +36,11 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import taskvec  # noqa: E402
 from _common import DEFAULT_VLM, write_json  # noqa: E402
-from eval_embedded_vlm import HELD_OUT_SEED  # noqa: E402
+from eval_embedded_vlm import held_out_renders, names_concept  # noqa: E402
 from taskvec.embedded.assemble import read_manifest  # noqa: E402
 from taskvec.embedded.codes import codes_as_image_features  # noqa: E402
 from taskvec.embedded.concepts import Concept  # noqa: E402
-from taskvec.embedded.data import CAPTION_PROMPT, from_uint8, render_augmented, render_pool  # noqa: E402
+from taskvec.embedded.data import CAPTION_PROMPT, from_uint8, render_pool  # noqa: E402
 from taskvec.render import render_emoji  # noqa: E402
 
 GROUPS = ("flags", "animals", "foods")
@@ -59,20 +59,16 @@ def first_tokens(model: taskvec.Model, images: list, features: torch.Tensor | No
     the vision tower's output for image ``i`` is replaced by ``features[i]``."""
     out = []
     for s in tqdm(range(0, len(images), batch), desc="captions", leave=False):
-        enc = model.encode(taskvec.zero_shot([(im, "") for im in images[s:s + batch]], template=CAPTION_PROMPT))
-        with torch.no_grad():
-            if features is None:
-                logits = model.hf(**enc.inputs).logits[:, -1]
-            else:
-                rows = torch.arange(len(images[s:s + batch]))
-                with codes_as_image_features(model.hf, features[s:s + batch], rows):
-                    logits = model.hf(**enc.inputs).logits[:, -1]
-        out += [model.tokenizer.decode([int(t)]) for t in logits.argmax(-1)]
+        prompts = taskvec.zero_shot([(im, "") for im in images[s:s + batch]], template=CAPTION_PROMPT)
+        replaced = (contextlib.nullcontext() if features is None
+                    else codes_as_image_features(model.hf, features[s:s + batch], torch.arange(len(prompts))))
+        with replaced:  # one batch per block: the hook maps the batch's images to its rows of features
+            out += taskvec.predict(model, prompts, batch_size=len(prompts), progress=False)
     return out
 
 
 def named(preds: list[str], concepts: list[Concept]) -> torch.Tensor:
-    return torch.tensor([any(taskvec.is_correct(p, n) for n in (c.caption, *c.aliases)) for p, c in zip(preds, concepts)])
+    return torch.tensor([names_concept(p, c) for p, c in zip(preds, concepts)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,9 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     means = pooled_features(vlm, from_uint8(pool.flatten(0, 1))).view(n, per, -1).mean(1)  # [n_concepts, hidden]
 
     task = [i for i, c in enumerate(concepts) if c.group in GROUPS]
-    rng = random.Random(HELD_OUT_SEED + args.seed)  # eval_embedded_vlm.py draws the task concepts' renders first
     which = torch.tensor([i for i in task for _ in range(args.renders)])
-    images = [render_augmented(concepts[int(i)].emoji, rng) for i in which]
+    # the eval's held-out images: it draws the task concepts' renders first, in manifest order
+    images = [img for per_concept in held_out_renders([concepts[i] for i in task], args.renders, args.seed) for img in per_concept]
     held = pooled_features(vlm, vlm.processor.image_processor(images=images, return_tensors="pt")["pixel_values"])
     nearest = (F.normalize(held, dim=-1) @ F.normalize(means, dim=-1).T).argmax(-1) == which
 

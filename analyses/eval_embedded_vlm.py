@@ -64,20 +64,29 @@ def caption(model: taskvec.Model, images: list, *, max_new_tokens: int = 8, batc
     return out, first
 
 
-def recognition(model: taskvec.Model, concepts: list[Concept], renders: int, seed: int) -> pd.DataFrame:
+def held_out_renders(concepts: list[Concept], renders: int, seed: int) -> list[list]:
+    """``renders`` augmented renders of each concept, from a seed training never used (per concept,
+    in order: the same concepts, count and seed always give the same images)."""
     rng = random.Random(HELD_OUT_SEED + seed)
+    return [[render_augmented(c.emoji, rng) for _ in range(renders)] for c in concepts]
+
+
+def names_concept(first_token: str, concept: Concept) -> bool:
+    """The paper's metric (first token, prefix match) against the concept's name or any alias."""
+    return any(taskvec.is_correct(first_token, n) for n in (concept.caption, *concept.aliases))
+
+
+def recognition(model: taskvec.Model, concepts: list[Concept], renders: int, seed: int) -> pd.DataFrame:
     rows, images = [], []
-    for c in concepts:
-        for k in range(renders):
-            images.append(render_augmented(c.emoji, rng))
-            rows.append((c, "held-out augmented"))
+    for c, held in zip(concepts, held_out_renders(concepts, renders, seed)):
+        images += held
+        rows += [(c, "held-out augmented")] * len(held)
         images.append(render_emoji(c.emoji, 224))
         rows.append((c, "plain (task image)"))
     preds, first = caption(model, images)
     return pd.DataFrame([
         {"group": c.group, "concept": c.caption, "render": kind, "prediction": p,
-         "exact": p in (c.caption, *c.aliases), "first_token": taskvec.is_correct(f, c.caption)
-         or any(taskvec.is_correct(f, a) for a in c.aliases)}
+         "exact": p in (c.caption, *c.aliases), "first_token": names_concept(f, c)}
         for (c, kind), p, f in zip(rows, preds, first)
     ])
 
