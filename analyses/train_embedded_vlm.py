@@ -13,8 +13,9 @@ analyses/results/embedded_vlm_training.json (loss curves, timings).
     python analyses/train_embedded_vlm.py            # the shipped run (< 30 min on 2 idle cores)
     python analyses/train_embedded_vlm.py --fresh    # ignore the checkpoint, start over
     python analyses/train_embedded_vlm.py --quick --out /tmp/vlm-weights   # a 2-minute smoke run
-    python analyses/train_embedded_vlm.py --v2       # the previous shipped recipe (Q:/A: captions),
-    python analyses/train_embedded_vlm.py --v1       # the one before (no read stage),
+    python analyses/train_embedded_vlm.py --v3       # the previous shipped recipe (codes read noise-free),
+    python analyses/train_embedded_vlm.py --v2       # the one before (Q:/A: captions),
+    python analyses/train_embedded_vlm.py --v1       # the one before that (no read stage),
     python analyses/train_embedded_vlm.py --v0       # or the first one (frozen LM in stage 2); all
         # replace the shipped weights, so measure them with eval_embedded_vlm.py, then
         # `git checkout taskvec/embedded/weights analyses/results` to get the shipped ones back
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps of each stage on 40 classes (smoke test)")
     ap.add_argument("--v0", action="store_true",
                     help="the recipe of the first shipped weights (frozen LM in stage 2, no distillation; docs/embedded-vlm.md)")
+    ap.add_argument("--v3", action="store_true",
+                    help="the recipe of the fourth shipped weights (no noise on the codes in the read stage; docs/embedded-vlm.md)")
     ap.add_argument("--v2", action="store_true",
                     help="the recipe of the third shipped weights (40%% of captions in the Q:/A: format; docs/embedded-vlm.md)")
     ap.add_argument("--v1", action="store_true",
@@ -65,10 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     config = TrainConfig(seed=args.seed)
     concepts = training_concepts(args.n_extra, seed=args.seed)
-    if args.v0 + args.v1 + args.v2 > 1:
-        ap.error("--v0, --v1 and --v2 are different recipes: pick one")
-    # v0-v2 shared these settings (v3 changed them); each flag then changes what its recipe did
-    v2 = dict(renders_per_concept=24, read_steps=140, vision_steps=1200, lora_steps=50, templates=QA_CAPTION_TEMPLATES)
+    if args.v0 + args.v1 + args.v2 + args.v3 > 1:
+        ap.error("--v0, --v1, --v2 and --v3 are different recipes: pick one")
+    # the settings v4 changed; v0-v2 shared the v3 settings but these (v3 changed them); each
+    # flag then changes what its recipe did
+    v3 = dict(renders_per_concept=32, read_steps=160, read_noise=0.0, align_steps=60, lora_steps=40, distill_batch=6)
+    v2 = v3 | dict(renders_per_concept=24, read_steps=140, vision_steps=1200, lora_steps=50, templates=QA_CAPTION_TEMPLATES)
+    if args.v3:
+        config = replace(config, **v3)
     if args.v2:
         config = replace(config, **v2)
     if args.v1:

@@ -8,7 +8,8 @@ training therefore splits the problem in two:
    a word embedding) stands in for the encoder's output; it goes through the real Gemma-3
    projector into the LM, and codes, projector and the LoRA update learn to caption together
    (:func:`codes_as_image_features`). Codes are free to spread out, so the LM learns to name
-   them in a few dozen steps.
+   them in a few dozen steps; read with noise (:func:`noisy_codes`), it learns to name
+   everything near a code, as the encoder's features of a concept's renders will be.
 2. **vision**: the encoder learns to put each render of a concept on its code
    (:class:`CodeHead`: a cosine classifier whose class weights are the frozen codes, plus a pull
    towards the own code). The projector normalises its input (RMSNorm), so only the direction
@@ -57,6 +58,35 @@ def codes_as_image_features(model: Any, codes: torch.Tensor, classes: torch.Tens
         yield
     finally:
         handle.remove()
+
+
+def noisy_codes(codes: torch.Tensor, ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """Each row of ``codes`` plus Gaussian noise whose norm is ``ratio`` times the row's norm.
+
+    The read stage feeds these to the LM so that it learns to name the neighbourhood of each code
+    (the encoder's features of a concept's renders spread around its code), not the code alone.
+    The noise is drawn from ``gen`` (reproducible) and carries no gradient; the codes do.
+
+    Args:
+        codes: ``[n, hidden]``.
+        ratio: noise norm / code norm (0: the codes themselves; the cosine to the code is about
+            ``1 / sqrt(1 + ratio**2)``).
+        gen: the generator of the step.
+
+    Returns:
+        ``[n, hidden]``.
+
+    Example:
+        >>> c = torch.randn(4, 256)
+        >>> n = noisy_codes(c, 0.75, torch.Generator().manual_seed(0))
+        >>> round(float(torch.nn.functional.cosine_similarity(n, c).mean()), 1)
+        0.8
+    """
+    if ratio == 0:
+        return codes
+    noise = torch.randn(codes.shape, generator=gen)
+    noise = noise / noise.norm(dim=-1, keepdim=True) * codes.detach().norm(dim=-1, keepdim=True) * ratio
+    return codes + noise.to(codes.dtype)
 
 
 class CodeHead(torch.nn.Module):

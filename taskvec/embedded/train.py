@@ -2,7 +2,9 @@
 
 0. **read** (``read_steps > 0``, the shipped run): a free code per concept stands in for the
    encoder's output (:mod:`taskvec.embedded.codes`); codes, projector and the LoRA update of
-   the LM learn to caption them, with the plain-text and KL terms of stage 2. The LM so learns
+   the LM learn to caption them, with the plain-text and KL terms of stage 2; each code is read
+   with noise (``read_noise``), so the LM names the neighbourhood of a code where the encoder's
+   features will land, not the code alone. The LM so learns
    to read image tokens before any encoder exists, which the encoder-first recipe could not
    teach it in the CPU budget (docs/embedded-vlm.md).
 1. **vision**: the SigLIP encoder learns to tell the concepts apart (a temporary classifier on
@@ -45,7 +47,7 @@ from ..errors import TaskvecError
 from .assemble import DELTA_FILE, MANIFEST_FILE, VISION_FILE, build_model
 from .concepts import Concept
 from .data import CAPTION_TEMPLATES, Augment, caption_batch, from_uint8, jitter_pixels, render_pool
-from .codes import CodeHead, codes_as_image_features, fit_projector_to_codes
+from .codes import CodeHead, codes_as_image_features, fit_projector_to_codes, noisy_codes
 from .distill import icl_distill_loss
 from .lora import add_lora, lora_state
 from .spec import BASE_LLM, VLMSpec, vlm_processor, vlm_tokenizer
@@ -73,6 +75,10 @@ class TrainConfig:
         renders_per_concept: augmented renders per concept in the cached pool.
         read_steps, read_batch, read_code_lr, read_projector_lr: stage 0 (free class codes,
             projector and LoRA captioning through the LM; 0 steps: no such stage, v0/v1).
+        read_noise: in stage 0 each code is read with random noise of this norm relative to the
+            code's (ramped up from 0 over the stage's first half; 0.75 is a cosine of 0.8 to the
+            code, about the spread of the encoder's features around their codes), so that the
+            LM names any feature near a code, not the code alone (v0-v3: 0).
         code_pull: weight of the pull of each feature towards its code in stage 1.
         vision_steps, vision_batch, vision_lr: stage 1 (encoder as a classifier).
         align_steps, align_batch, align_lr, align_vision_lr: stage 2 (projector and encoder;
@@ -98,27 +104,28 @@ class TrainConfig:
 
     seed: int = 0
     spec: VLMSpec = field(default_factory=VLMSpec)
-    renders_per_concept: int = 32
-    read_steps: int = 160
+    renders_per_concept: int = 48
+    read_steps: int = 140
     read_batch: int = 32
     read_code_lr: float = 0.3
     read_projector_lr: float = 5e-3
+    read_noise: float = 0.75
     code_pull: float = 30.0
     vision_steps: int = 1400
     vision_batch: int = 128
     vision_lr: float = 2e-3
-    align_steps: int = 60
+    align_steps: int = 90
     align_batch: int = 32
     align_lr: float = 1e-3
     align_vision_lr: float = 5e-4
     align_lora: bool = True
     align_text_batch: int = 2
-    lora_steps: int = 40
+    lora_steps: int = 30
     lora_batch: int = 24
     lora_text_batch: int = 2
     lora_lr: float = 1e-3
     lora_projector_lr: float = 3e-4
-    distill_batch: int = 6
+    distill_batch: int = 4
     distill_weight: float = 2.0
     multi_image: float = 0.25
     templates: tuple[tuple[str, str, float], ...] = CAPTION_TEMPLATES
@@ -491,8 +498,10 @@ def train(
             rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
             batch = caption_batch(processor, [[rng.choice(names[int(c)])] for c in cls], no_pixels, rng=rng,
                                   templates=config.templates)
+            feats = noisy_codes(codes[cls], config.read_noise * min(1.0, 2 * step / config.read_steps), gen)
             cap, txt, kl = caption_step(batch, opt, trained, text, config.align_text_batch, config.seed * 7_919 + 30_000 + step,
-                                        config.seed * 7_919 + 70_000 + step, codes_as_image_features(model, codes, cls))
+                                        config.seed * 7_919 + 70_000 + step,
+                                        codes_as_image_features(model, feats, torch.arange(len(cls))))
             state["losses"]["read"].append(cap)
             state.setdefault("read_distill_losses", []).append(kl)
             state["codes"] = codes.detach().clone()
