@@ -1,7 +1,8 @@
 """Paper Appendix A.4: t-SNE of task vectors from text ICL, image ICL and instructions, all tasks.
 
 One point per ICL prompt (and one per instruction), colour = task, marker = specification,
-at an early, a middle and a late layer.
+at an early, a middle and a late layer; figA_tsne_neighbours.csv says how often a point's nearest
+neighbour (of each specification) in the map is of its own task.
 
     python analyses/figA_tsne.py [--quick] [--model ID] [--layers 2 9 15]
 """
@@ -34,15 +35,19 @@ def main(argv=None) -> None:
         vectors.append(taskvec.extract_instruction(model, task.instruction, task=task.name))
     n = model.n_layers
     layers = args.layers or [n // 6, n // 2, (5 * n) // 6]
-    frames = []
+    frames, near = [], []
     for layer in layers:
         r = taskvec.tsne(vectors, layer, seed=args.seed)
         frames.append(r.df.assign(layer=layer))
+        near.append(r.neighbours().assign(layer=layer).set_index("layer", append=True).swaplevel())
         save_figure(r.figure(), f"figA_tsne_layer{layer}")
     points = pd.concat(frames, ignore_index=True)
     counts = points.groupby(["layer", "spec"]).size().unstack("spec")
     print(f"\nt-SNE points per layer and specification ({model.name})")
     write_table(counts, "figA_tsne_counts.csv")
+    print(f"\nShare of each specification's points whose nearest point of a specification (columns) is "
+          f"of the same task, in the map (chance ~1/{points.task.nunique()})")
+    write_table(pd.concat(near).round(3), "figA_tsne_neighbours.csv")
     points.to_csv(RESULTS / "figA_tsne.csv", index=False)
 
 

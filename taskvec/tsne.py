@@ -32,6 +32,44 @@ class TSNEResult:
         """In Jupyter: the scatter itself."""
         return self.figure().to_html(full_html=False, include_plotlyjs="cdn")
 
+    def neighbours(self) -> pd.DataFrame:
+        """How the tasks cluster in the map: row ``a``, column ``b`` is the share of ``a``'s points
+        whose nearest point of specification ``b`` (itself excluded) is from the same task.
+
+        The diagonal is the clustering within a specification; the rest is across specifications
+        (the paper's claim: tasks cluster across them). Chance is about one over the number of
+        tasks. NaN where ``b`` has no other point.
+
+        Returns:
+            a ``[specs, specs]`` DataFrame of shares in [0, 1].
+
+        Example:
+            >>> df = pd.DataFrame({"task": ["a", "a", "b", "b"], "spec": ["text-icl", "image-icl"] * 2,
+            ...                    "x": [0.0, 0.1, 5.0, 5.1], "y": [0.0, 0.0, 0.0, 0.0]})
+            >>> float(TSNEResult(df, layer=9).neighbours().loc["image-icl", "text-icl"])
+            1.0
+        """
+        xy = self.df[["x", "y"]].to_numpy(dtype=float)
+        task, spec = self.df["task"].to_numpy(), self.df["spec"].to_numpy()
+        dist = ((xy[:, None] - xy[None]) ** 2).sum(-1)
+        np.fill_diagonal(dist, np.inf)
+        specs = sorted(set(spec))
+        share: dict[str, dict[str, float]] = {}
+        for a in specs:
+            rows = np.flatnonzero(spec == a)
+            share[a] = {}
+            for b in specs:
+                cols = np.flatnonzero(spec == b)
+                d = dist[np.ix_(rows, cols)]
+                if not np.isfinite(d).any(axis=1).all():
+                    share[a][b] = float("nan")
+                    continue
+                nearest = cols[d.argmin(1)]
+                share[a][b] = float((task[nearest] == task[rows]).mean())
+        out = pd.DataFrame(share).T.loc[specs, specs]
+        out.index.name, out.columns.name = "points of", "nearest of"
+        return out
+
     def figure(self) -> Any:
         """Scatter with colour = task and marker symbol = specification."""
         import plotly.express as px
