@@ -3,6 +3,8 @@
 On the held-out augmented renders of ``eval_embedded_vlm.py`` (same seed, so the same images) and the
 training renders of the shipped run (re-rendered from the manifest's seed), per group:
 
+0. *encoder, training renders*: the same for the training renders (without the training's jitter),
+   so that the gap to (1) is what the encoder memorised of its render pool;
 1. *encoder*: a held-out render's pooled feature is nearest (cosine) to its own concept's class
    mean (the mean feature of that concept's training renders);
 2. *reader on the class mean*: the image token made from the class-mean feature (the vision
@@ -86,7 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     train = manifest["train_config"]
     pool = render_pool(concepts, train["renders_per_concept"], vlm.processor, seed=train["seed"])
     n, per = pool.shape[:2]
-    means = pooled_features(vlm, from_uint8(pool.flatten(0, 1))).view(n, per, -1).mean(1)  # [n_concepts, hidden]
+    train_feats = pooled_features(vlm, from_uint8(pool.flatten(0, 1))).view(n, per, -1)  # [n_concepts, per, hidden]
+    means = train_feats.mean(1)  # [n_concepts, hidden]
+    # the same test on the training renders themselves: the gap to the held-out row is what the encoder memorised
+    train_nearest = ((F.normalize(train_feats, dim=-1) @ F.normalize(means, dim=-1).T).argmax(-1)
+                     == torch.arange(n).unsqueeze(1)).flatten()
+    train_which = torch.arange(n).repeat_interleave(per)
 
     task = [i for i, c in enumerate(concepts) if c.group in GROUPS]
     which = torch.tensor([i for i in task for _ in range(args.renders)])
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     held_mean = held.view(len(task), args.renders, -1).mean(1)
     render_named = named(first_tokens(vlm, images), [concepts[int(i)] for i in which])
     rows = {
+        "encoder, training renders: nearest class mean is its own": (train_nearest, train_which),
         "encoder: nearest class mean is its own": (nearest, which),
         "reader: class-mean feature named": (named(first_tokens(vlm, plain, means[task]), task_concepts), torch.tensor(task)),
         "reader: held-out mean feature named": (named(first_tokens(vlm, plain, held_mean), task_concepts), torch.tensor(task)),
