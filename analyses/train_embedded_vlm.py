@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     concepts = training_concepts(args.n_extra, seed=args.seed)
     if args.v0 + args.v1 + args.v2 + args.v3 > 1:
         ap.error("--v0, --v1, --v2 and --v3 are different recipes: pick one")
-    # the settings v4 changed; v0-v2 shared the v3 settings but these (v3 changed them); each
-    # flag then changes what its recipe did
+    # v3 is the shipped (v4) recipe with these settings; v2 is v3 with its own changes on top, and
+    # v1 / v0 are v2 with theirs, so every earlier recipe stays reproducible
     v3 = dict(renders_per_concept=32, read_steps=160, read_noise=0.0, align_steps=60, lora_steps=40, distill_batch=6)
     v2 = v3 | dict(renders_per_concept=24, read_steps=140, vision_steps=1200, lora_steps=50, templates=QA_CAPTION_TEMPLATES)
     if args.v3:
