@@ -56,6 +56,11 @@ def pooled_features(model: taskvec.Model, pixels: torch.Tensor, batch: int = 256
                           for i in range(0, len(pixels), batch)])
 
 
+def nearest_mean_is_own(feats: torch.Tensor, means: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """``[m, hidden]`` features -> ``[m]`` bool: the nearest (cosine) row of ``means`` ``[n, hidden]`` is ``which[i]``."""
+    return (F.normalize(feats, dim=-1) @ F.normalize(means, dim=-1).T).argmax(-1) == which
+
+
 def first_tokens(model: taskvec.Model, images: list, features: torch.Tensor | None = None, batch: int = 32) -> list[str]:
     """Greedy first token of the captioning prompt on each image; with ``features`` (``[n, vision_hidden]``)
     the vision tower's output for image ``i`` is replaced by ``features[i]``."""
@@ -91,16 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     train_feats = pooled_features(vlm, from_uint8(pool.flatten(0, 1))).view(n, per, -1)  # [n_concepts, per, hidden]
     means = train_feats.mean(1)  # [n_concepts, hidden]
     # the same test on the training renders themselves: the gap to the held-out row is what the encoder memorised
-    train_nearest = ((F.normalize(train_feats, dim=-1) @ F.normalize(means, dim=-1).T).argmax(-1)
-                     == torch.arange(n).unsqueeze(1)).flatten()
     train_which = torch.arange(n).repeat_interleave(per)
+    train_nearest = nearest_mean_is_own(train_feats.flatten(0, 1), means, train_which)
 
     task = [i for i, c in enumerate(concepts) if c.group in GROUPS]
     which = torch.tensor([i for i in task for _ in range(args.renders)])
     # the eval's held-out images: it draws the task concepts' renders first, in manifest order
     images = [img for per_concept in held_out_renders([concepts[i] for i in task], args.renders, args.seed) for img in per_concept]
     held = pooled_features(vlm, vlm.processor.image_processor(images=images, return_tensors="pt")["pixel_values"])
-    nearest = (F.normalize(held, dim=-1) @ F.normalize(means, dim=-1).T).argmax(-1) == which
+    nearest = nearest_mean_is_own(held, means, which)
 
     task_concepts = [concepts[i] for i in task]
     plain = [render_emoji(c.emoji, 224) for c in task_concepts]  # any image: its features are replaced

@@ -35,11 +35,11 @@ def main(argv=None) -> None:
         vectors.append(taskvec.extract_instruction(model, task.instruction, task=task.name))
     n = model.n_layers
     layers = args.layers or [n // 6, n // 2, (5 * n) // 6]
-    frames, near = [], []
+    frames, near = [], {}
     for layer in layers:
         r = taskvec.tsne(vectors, layer, seed=args.seed)
         frames.append(r.df.assign(layer=layer))
-        near.append(r.neighbours().assign(layer=layer).set_index("layer", append=True).swaplevel())
+        near[layer] = r.neighbours()
         save_figure(r.figure(), f"figA_tsne_layer{layer}")
     points = pd.concat(frames, ignore_index=True)
     counts = points.groupby(["layer", "spec"]).size().unstack("spec")
@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     write_table(counts, "figA_tsne_counts.csv")
     print(f"\nShare of each specification's points whose nearest point of a specification (columns) is "
           f"of the same task, in the map (chance ~1/{points.task.nunique()})")
-    write_table(pd.concat(near).round(3), "figA_tsne_neighbours.csv")
+    write_table(pd.concat(near, names=["layer"]).round(3), "figA_tsne_neighbours.csv")
     points.to_csv(RESULTS / "figA_tsne.csv", index=False)
 
 
