@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps of each stage on 40 classes (smoke test)")
     ap.add_argument("--v0", action="store_true",
                     help="the recipe of the first shipped weights (frozen LM in stage 2, no distillation; docs/embedded-vlm.md)")
+    ap.add_argument("--v4", action="store_true",
+                    help="the recipe of the fifth shipped weights (encoder trained on in the align stage; docs/embedded-vlm.md)")
     ap.add_argument("--v3", action="store_true",
                     help="the recipe of the fourth shipped weights (no noise on the codes in the read stage; docs/embedded-vlm.md)")
     ap.add_argument("--v2", action="store_true",
@@ -68,11 +70,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     config = TrainConfig(seed=args.seed)
     concepts = training_concepts(args.n_extra, seed=args.seed)
-    if args.v0 + args.v1 + args.v2 + args.v3 > 1:
-        ap.error("--v0, --v1, --v2 and --v3 are different recipes: pick one")
-    # v3 is the shipped (v4) recipe with these settings; v2 is v3 with its own changes on top, and
-    # v1 / v0 are v2 with theirs, so every earlier recipe stays reproducible
-    v3 = dict(renders_per_concept=32, read_steps=160, read_noise=0.0, align_steps=60, lora_steps=40, distill_batch=6)
+    if args.v0 + args.v1 + args.v2 + args.v3 + args.v4 > 1:
+        ap.error("--v0, --v1, --v2, --v3 and --v4 are different recipes: pick one")
+    # v4 is the shipped (v5) recipe with these settings; v3 is v4 with its own changes on top, v2 is
+    # v3 with its own, and v1 / v0 are v2 with theirs, so every earlier recipe stays reproducible
+    v4 = dict(align_steps=90, align_vision_lr=5e-4)
+    v3 = v4 | dict(renders_per_concept=32, read_steps=160, read_noise=0.0, align_steps=60, lora_steps=40, distill_batch=6)
+    if args.v4:
+        config = replace(config, **v4)
     v2 = v3 | dict(renders_per_concept=24, read_steps=140, vision_steps=1200, lora_steps=50, templates=QA_CAPTION_TEMPLATES)
     if args.v3:
         config = replace(config, **v3)

@@ -81,8 +81,8 @@ class TrainConfig:
             LM names any feature near a code, not the code alone (v0-v3: 0).
         code_pull: weight of the pull of each feature towards its code in stage 1.
         vision_steps, vision_batch, vision_lr: stage 1 (encoder as a classifier).
-        align_steps, align_batch, align_lr, align_vision_lr: stage 2 (projector and encoder;
-            the encoder with the smaller rate).
+        align_steps, align_batch, align_lr, align_vision_lr: stage 2 (projector, and the encoder at
+            ``align_vision_lr``; 0: the encoder stays frozen as stage 1 left it, v5).
         align_lora: stage 2 also trains the LoRA update (rate ``lora_lr``) on captions plus
             ``align_text_batch`` plain-text sequences per step; else the LM stays frozen (v0).
         lora_steps, lora_batch, lora_text_batch, lora_lr, lora_projector_lr: stage 3.
@@ -114,10 +114,10 @@ class TrainConfig:
     vision_steps: int = 1400
     vision_batch: int = 128
     vision_lr: float = 2e-3
-    align_steps: int = 90
+    align_steps: int = 140
     align_batch: int = 32
     align_lr: float = 1e-3
-    align_vision_lr: float = 5e-4
+    align_vision_lr: float = 0.0
     align_lora: bool = True
     align_text_batch: int = 2
     lora_steps: int = 30
@@ -558,10 +558,11 @@ def train(
 
     # --- stage 2: projector + encoder through the frozen LM -------------------------------------
     if state["stage"] == _ALIGN and "align" in stages and config.align_steps:
-        vision.requires_grad_(True)
         projector.requires_grad_(True)
-        groups = [{"params": list(projector.parameters()), "lr": config.align_lr, "peak": config.align_lr},
-                  {"params": list(vision.parameters()), "lr": config.align_vision_lr, "peak": config.align_vision_lr}]
+        groups = [{"params": list(projector.parameters()), "lr": config.align_lr, "peak": config.align_lr}]
+        if config.align_vision_lr:  # else the encoder stays as stage 1 left it (and no backward runs through it)
+            vision.requires_grad_(True)
+            groups.append({"params": list(vision.parameters()), "lr": config.align_vision_lr, "peak": config.align_vision_lr})
         text = None
         if config.align_lora:
             if not lora_params:
