@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--v0", action="store_true",
                     help="the recipe of the first shipped weights (frozen LM in stage 2, no distillation; docs/embedded-vlm.md)")
     ap.add_argument("--v4", action="store_true",
-                    help="the recipe of the fifth shipped weights (encoder trained on in the align stage; docs/embedded-vlm.md)")
+                    help="the recipe of the fifth shipped weights (the encoder trained in the align stage too; docs/embedded-vlm.md)")
     ap.add_argument("--v3", action="store_true",
                     help="the recipe of the fourth shipped weights (no noise on the codes in the read stage; docs/embedded-vlm.md)")
     ap.add_argument("--v2", action="store_true",
@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     # v3 with its own, and v1 / v0 are v2 with theirs, so every earlier recipe stays reproducible
     v4 = dict(align_steps=90, align_vision_lr=5e-4)
     v3 = v4 | dict(renders_per_concept=32, read_steps=160, read_noise=0.0, align_steps=60, lora_steps=40, distill_batch=6)
+    v2 = v3 | dict(renders_per_concept=24, read_steps=140, vision_steps=1200, lora_steps=50, templates=QA_CAPTION_TEMPLATES)
     if args.v4:
         config = replace(config, **v4)
-    v2 = v3 | dict(renders_per_concept=24, read_steps=140, vision_steps=1200, lora_steps=50, templates=QA_CAPTION_TEMPLATES)
     if args.v3:
         config = replace(config, **v3)
     if args.v2:

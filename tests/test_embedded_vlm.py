@@ -82,7 +82,7 @@ def test_vlm_keeps_in_context_learning(vlm, gemma):
 @pytest.fixture(scope="module")
 def food_naming(vlm) -> dict[str, float]:
     """Share of the food tasks' image queries the VLM answers with the image's own name, asked
-    ``Q:<image>\nA:`` alone (``"zero"``) and after five image demonstrations (``"icl"``)."""
+    ``Q:<image>\\nA:`` alone (``"zero"``) and after five image demonstrations (``"icl"``)."""
     named: dict[str, list[bool]] = {"zero": [], "icl": []}
     for name in ("food-color", "food-flavor"):
         task = taskvec.get_task(name)
@@ -95,10 +95,10 @@ def food_naming(vlm) -> dict[str, float]:
 
 
 def test_demonstrations_cut_how_often_the_vlm_names_the_query_image(food_naming):
-    """Asked ``Q:<image>\nA:`` alone, the VLM names the image (it is a captioner); five image
+    """Asked ``Q:<image>\\nA:`` alone, the VLM names the image (it is a captioner); five image
     demonstrations of a food task must pull it away from that by at least a quarter, or it ignores
     them. v5 names the query image in 10 of these 19 prompts with demonstrations, 17 without
-    (analyses/results/embedded_vlm.json). The v2 weights, trained on ``Q:<image>\nA:{name}``
+    (analyses/results/embedded_vlm.json). The v2 weights, trained on ``Q:<image>\\nA:{name}``
     captions, named it in 13 of 19 with demonstrations (image ICL 0.00 on both food tasks)."""
     assert food_naming["zero"] >= 0.5 and food_naming["icl"] <= 0.75 * food_naming["zero"], food_naming
 

@@ -556,7 +556,7 @@ def train(
         state.pop("opt", None)
         ckpt.save(snapshot(), force=True)
 
-    # --- stage 2: projector + encoder through the frozen LM -------------------------------------
+    # --- stage 2: projector (+ LoRA; + encoder if align_vision_lr) captioning real renders -----
     if state["stage"] == _ALIGN and "align" in stages and config.align_steps:
         projector.requires_grad_(True)
         groups = [{"params": list(projector.parameters()), "lr": config.align_lr, "peak": config.align_lr}]
