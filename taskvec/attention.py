@@ -117,7 +117,8 @@ def attention_logits(model: Model, layer: int) -> AttentionLogits:
     hidden = args[0] if args else kwargs["hidden_states"]
     cos, sin = kwargs["position_embeddings"]
     mask = kwargs.get("attention_mask")
-    cache = kwargs.get("past_key_values")
+    # the attention module's cache keyword: `past_key_values` up to transformers 5.23, `cache` from 5.24
+    cache = kwargs.get("past_key_values", kwargs.get("cache"))
     q = _per_head(resolve(lay, arch.q_proj).output, d_head)  # [b, s, heads, d]
     k = _per_head(resolve(lay, arch.k_proj).output, d_head)
     # the model's own per-head norms act on the last dimension, whatever layout its forward uses
