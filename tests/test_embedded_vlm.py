@@ -241,12 +241,21 @@ def test_bad_spec_is_rejected():
         VLMSpec(tokens_per_image=12)
 
 
+TRIO = [Concept("🇫🇷", "France", "flags"), Concept("🐺", "Wolf", "animals"), Concept("🍕", "Pizza", "foods")]
+TINY_SPEC = VLMSpec(vision_hidden=64, vision_layers=1, vision_heads=2, vision_mlp=128)
+
+
+def _stage_two(**overrides) -> TrainConfig:
+    """The stage-2 tests' run on :data:`TINY_SPEC`: two vision steps, then three align steps."""
+    return replace(TrainConfig(spec=TINY_SPEC), renders_per_concept=2, vision_steps=2, vision_batch=8, align_steps=3,
+                   align_batch=4, lora_steps=0, warmup=0.0, align_text_batch=0, **overrides)
+
+
 @pytest.mark.slow
 def test_short_training_lowers_the_loss(tmp_path):
     concepts = [Concept("🇫🇷", "France", "flags"), Concept("🇯🇵", "Japan", "flags"), Concept("🐺", "Wolf", "animals"),
                 Concept("🍕", "Pizza", "foods")]
-    spec = VLMSpec(vision_hidden=64, vision_layers=1, vision_heads=2, vision_mlp=128)
-    config = replace(TrainConfig(spec=spec), renders_per_concept=4, vision_steps=12, vision_batch=16, vision_lr=3e-3,
+    config = replace(TrainConfig(spec=TINY_SPEC), renders_per_concept=4, vision_steps=12, vision_batch=16, vision_lr=3e-3,
                      align_steps=24, align_batch=8, align_lr=1e-2, lora_steps=0, warmup=0.0, align_lora=False)
     result = train(concepts, config, work_dir=tmp_path, progress=False, stages=("vision", "align"))
     for stage in ("vision", "align"):
@@ -264,16 +273,13 @@ def test_short_training_lowers_the_loss(tmp_path):
 def test_align_lora_trains_the_lm_update_in_stage_two(tmp_path):
     """With ``align_lora`` the LoRA factors exist and move during stage 2 (B starts at zero), and
     a resumed run reloads them; without it stage 2 leaves the LM untouched (no update at all)."""
-    concepts = [Concept("🇫🇷", "France", "flags"), Concept("🐺", "Wolf", "animals"), Concept("🍕", "Pizza", "foods")]
-    spec = VLMSpec(vision_hidden=64, vision_layers=1, vision_heads=2, vision_mlp=128)
-    config = replace(TrainConfig(spec=spec), renders_per_concept=2, vision_steps=2, vision_batch=8, align_steps=3,
-                     align_batch=4, lora_steps=0, warmup=0.0, align_lora=True, align_text_batch=0)
-    result = train(concepts, config, work_dir=tmp_path, progress=False, stages=("vision", "align"))
+    config = _stage_two(align_lora=True)
+    result = train(TRIO, config, work_dir=tmp_path, progress=False, stages=("vision", "align"))
     lora = result.state["lora"]
     assert lora and any(k.endswith(".lora_B") and v.abs().sum() > 0 for k, v in lora.items())
-    again = train(concepts, config, work_dir=tmp_path, progress=False, stages=("vision", "align"))
+    again = train(TRIO, config, work_dir=tmp_path, progress=False, stages=("vision", "align"))
     assert all(torch.equal(again.state["lora"][k], v) for k, v in lora.items())
-    frozen = train(concepts, replace(config, align_lora=False), work_dir=tmp_path / "frozen", progress=False,
+    frozen = train(TRIO, replace(config, align_lora=False), work_dir=tmp_path / "frozen", progress=False,
                    stages=("vision", "align"))
     assert frozen.state["lora"] == {} and len(frozen.losses["align"]) == 3
 
@@ -282,15 +288,12 @@ def test_align_lora_trains_the_lm_update_in_stage_two(tmp_path):
 def test_align_stage_leaves_the_encoder_frozen_at_rate_zero(tmp_path):
     """At ``align_vision_lr=0`` (the shipped recipe) stage 2 trains the projector on the encoder's
     features and leaves the encoder as stage 1 left it; at a positive rate the encoder moves."""
-    concepts = [Concept("🇫🇷", "France", "flags"), Concept("🐺", "Wolf", "animals"), Concept("🍕", "Pizza", "foods")]
-    spec = VLMSpec(vision_hidden=64, vision_layers=1, vision_heads=2, vision_mlp=128)
-    config = replace(TrainConfig(spec=spec), renders_per_concept=2, vision_steps=2, vision_batch=8, align_steps=3,
-                     align_batch=4, lora_steps=0, warmup=0.0, align_lora=False, align_text_batch=0)
+    config = _stage_two(align_lora=False)
     assert TrainConfig().align_vision_lr == 0.0
     part = lambda result, prefix: {k: v for k, v in result.state["vision"].items() if k.startswith(prefix)}  # noqa: E731
     tower, projector = "model.vision_tower.", "model.multi_modal_projector."
 
-    run = lambda cfg, work: train(concepts, cfg, work_dir=tmp_path / work, progress=False, stages=("vision", "align"))  # noqa: E731
+    run = lambda cfg, work: train(TRIO, cfg, work_dir=tmp_path / work, progress=False, stages=("vision", "align"))  # noqa: E731
     before = run(replace(config, align_steps=0), "stage1")  # stage 1 alone (the same steps: same seed)
     after = run(config, "frozen")
     assert len(after.losses["align"]) == 3 and part(before, tower)
@@ -303,11 +306,8 @@ def test_align_stage_leaves_the_encoder_frozen_at_rate_zero(tmp_path):
 @pytest.mark.slow
 def test_distillation_starts_at_the_base_and_is_recorded(tmp_path):
     """The KL to the base LLM is exactly zero before the update moves (B starts at zero), then positive."""
-    concepts = [Concept("🇫🇷", "France", "flags"), Concept("🐺", "Wolf", "animals"), Concept("🍕", "Pizza", "foods")]
-    spec = VLMSpec(vision_hidden=64, vision_layers=1, vision_heads=2, vision_mlp=128)
-    config = replace(TrainConfig(spec=spec), renders_per_concept=2, vision_steps=2, vision_batch=8, align_steps=3,
-                     align_batch=4, lora_steps=0, warmup=0.0, align_lora=True, align_text_batch=0, distill_batch=2)
-    kl = train(concepts, config, work_dir=tmp_path, progress=False, stages=("vision", "align")).losses["align_distill"]
+    config = _stage_two(align_lora=True, distill_batch=2)
+    kl = train(TRIO, config, work_dir=tmp_path, progress=False, stages=("vision", "align")).losses["align_distill"]
     assert len(kl) == 3 and abs(kl[0]) < 1e-6 and max(kl[1:]) > 1e-6, kl
 
 
@@ -374,26 +374,24 @@ def test_read_stage_teaches_codes_and_the_encoder_lands_on_them(tmp_path):
     those codes (its features' cosine to their own code rises), and a resumed run is identical."""
     from taskvec.embedded.codes import CodeHead, codes_as_image_features
 
-    concepts = [Concept("🇫🇷", "France", "flags"), Concept("🐺", "Wolf", "animals"), Concept("🍕", "Pizza", "foods")]
-    spec = VLMSpec(vision_hidden=64, vision_layers=1, vision_heads=2, vision_mlp=128)
-    config = replace(TrainConfig(spec=spec), renders_per_concept=2, read_steps=12, read_batch=6, read_code_lr=0.2,
+    config = replace(TrainConfig(spec=TINY_SPEC), renders_per_concept=2, read_steps=12, read_batch=6, read_code_lr=0.2,
                      vision_steps=20, vision_batch=12, align_steps=0, lora_steps=0, warmup=0.0, align_text_batch=0,
                      distill_batch=0)
-    result = train(concepts, config, work_dir=tmp_path, progress=False, stages=("read", "vision"))
+    result = train(TRIO, config, work_dir=tmp_path, progress=False, stages=("read", "vision"))
     read, vision = result.losses["read"], result.losses["vision"]
     assert len(read) == 12 and sum(read[-3:]) / 3 < 0.7 * sum(read[:3]) / 3, [round(x, 2) for x in read]
     assert sum(vision[-3:]) / 3 < sum(vision[:3]) / 3, [round(x, 2) for x in vision]
     assert result.state["lora"] and any(v.abs().sum() > 0 for k, v in result.state["lora"].items() if k.endswith("lora_B"))
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert saved["codes"].shape == (3, 64)
-    again = train(concepts, config, work_dir=tmp_path, progress=False, stages=("read", "vision"))
+    again = train(TRIO, config, work_dir=tmp_path, progress=False, stages=("read", "vision"))
     assert again.losses["read"] == read and all(torch.equal(again.state["vision"][k], v) for k, v in result.state["vision"].items())
     # the codes replace the vision tower's output inside the block, and only there
     from taskvec.embedded.assemble import build_model
     from taskvec.loading import converted_dir
 
-    model = build_model(converted_dir("gemma-3-270m"), spec)
-    pix = torch.zeros(2, 3, spec.image_size, spec.image_size)
+    model = build_model(converted_dir("gemma-3-270m"), TINY_SPEC)
+    pix = torch.zeros(2, 3, TINY_SPEC.image_size, TINY_SPEC.image_size)
     with codes_as_image_features(model, saved["codes"], torch.tensor([2, 0])):
         inside = model.model.vision_tower(pixel_values=pix).last_hidden_state
     outside = model.model.vision_tower(pixel_values=pix).last_hidden_state
