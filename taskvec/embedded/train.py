@@ -559,15 +559,15 @@ def train(
     # --- stage 2: projector (+ LoRA; + encoder if align_vision_lr) captioning real renders -----
     if state["stage"] == _ALIGN and "align" in stages and config.align_steps:
         projector.requires_grad_(True)
-        groups = [{"params": list(projector.parameters()), "lr": config.align_lr, "peak": config.align_lr}]
+        groups = [{"params": list(projector.parameters()), "peak": config.align_lr}]
         if config.align_vision_lr:  # else the encoder stays as stage 1 left it (and no backward runs through it)
             vision.requires_grad_(True)
-            groups.append({"params": list(vision.parameters()), "lr": config.align_vision_lr, "peak": config.align_vision_lr})
+            groups.append({"params": list(vision.parameters()), "peak": config.align_vision_lr})
         text = None
         if config.align_lora:
             if not lora_params:
                 lora_params = new_lora()
-            groups.append({"params": lora_params, "lr": config.lora_lr, "peak": config.lora_lr})
+            groups.append({"params": lora_params, "peak": config.lora_lr})
             text = plain_text() if config.align_text_batch else None
         trained = [p for g in groups for p in g["params"]]
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
@@ -603,8 +603,8 @@ def train(
             lora_params = new_lora()
         projector.requires_grad_(True)
         opt = torch.optim.AdamW(
-            [{"params": lora_params, "lr": config.lora_lr, "peak": config.lora_lr},
-             {"params": list(projector.parameters()), "lr": config.lora_projector_lr, "peak": config.lora_projector_lr}],
+            [{"params": lora_params, "peak": config.lora_lr},
+             {"params": list(projector.parameters()), "peak": config.lora_projector_lr}],
             weight_decay=0.0,
         )
         if "opt" in state:
