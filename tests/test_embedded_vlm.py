@@ -12,7 +12,7 @@ import torch
 import taskvec
 from taskvec.embedded.assemble import read_manifest
 from taskvec.embedded.concepts import Concept, extra_concepts, merge_identical, task_concepts
-from taskvec.embedded.data import CAPTION_PROMPT, CAPTION_TEMPLATES, caption_batch, render_augmented
+from taskvec.embedded.data import CAPTION_PROMPT, CAPTION_TEMPLATES, caption_batch, render_augmented, render_pool
 from taskvec.embedded.spec import VLMSpec, vlm_processor, vlm_tokenizer
 from taskvec.embedded.train import TrainConfig, train
 from taskvec.loading import converted_dir
@@ -189,6 +189,20 @@ def test_caption_batch_matches_the_processor():
     assert torch.equal(ours.token_type_ids, enc["token_type_ids"])
     scored = [tok.decode([int(ours.input_ids[0, i + 1])]) for i in (ours.targets[0] >= 0).nonzero().flatten()]
     assert scored == ["wolf", "\n"]
+
+
+def test_render_pool_depends_on_the_seed_not_on_the_workers():
+    """The pool's renders are drawn in order from one seed; worker processes only draw the glyphs,
+    so a cached pool, a resumed run and a rerun on another machine see the same images."""
+    proc = vlm_processor(vlm_tokenizer(converted_dir("gemma-3-270m")), VLMSpec())
+    cs = [Concept("🐺", "wolf", "animals"), Concept("🍕", "pizza", "foods")]
+    here = render_pool(cs, 3, proc, seed=5, workers=1, chunk=2, progress=False)
+    spawned = render_pool(cs, 3, proc, seed=5, workers=2, chunk=2, progress=False)
+    assert here.shape == (2, 3, 3, VLMSpec().image_size, VLMSpec().image_size) and here.dtype == torch.uint8
+    assert torch.equal(here, spawned)
+    # the renders are augmented: no two of a concept alike, and another seed gives other images
+    assert not torch.equal(here[0, 0], here[0, 1])
+    assert not torch.equal(here, render_pool(cs, 3, proc, seed=6, workers=1, progress=False))
 
 
 def test_no_caption_is_written_as_an_icl_query():

@@ -8,6 +8,8 @@ by its name; the loss is taken on the name only.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -66,6 +68,63 @@ class Augment:
     jitter: float = 0.15
 
 
+@dataclass(frozen=True)
+class RenderDraw:
+    """The random parameters of one augmented render (drawn by :func:`draw_render`).
+
+    Attributes:
+        size: render size in pixels.
+        background: RGB background colour.
+        scale, offset, rotate: as in :func:`taskvec.render.render_emoji`.
+        enhance: brightness, contrast and saturation factors, in that order.
+    """
+
+    size: int
+    background: tuple[int, int, int]
+    scale: float
+    offset: tuple[float, float]
+    rotate: float
+    enhance: tuple[float, float, float]
+
+
+def draw_render(rng: random.Random, aug: Augment = Augment()) -> RenderDraw:
+    """Draw the parameters of one augmented render from ``rng`` (cheap; the drawing is :func:`render_with`).
+
+    Example:
+        >>> draw_render(random.Random(0)).size in (64, 96, 128, 224)
+        True
+    """
+    sizes, weights = zip(*aug.sizes)
+    size = rng.choices(sizes, weights)[0]
+    if rng.random() < aug.white:
+        bg = (255, 255, 255)
+    else:
+        bg = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+    scale = rng.uniform(*aug.scale)
+    offset = (rng.uniform(-aug.shift, aug.shift), rng.uniform(-aug.shift, aug.shift))
+    rotate = rng.uniform(-aug.rotate, aug.rotate)
+    enhance = tuple(1.0 + rng.uniform(-aug.jitter, aug.jitter) for _ in range(3))
+    return RenderDraw(size, bg, scale, offset, rotate, enhance)  # type: ignore[arg-type]
+
+
+def render_with(emoji: str, draw: RenderDraw) -> Any:
+    """Render ``emoji`` with drawn parameters: a PIL RGB image of ``draw.size`` pixels.
+
+    Example:
+        >>> render_with("🐺", draw_render(random.Random(0))).mode
+        'RGB'
+    """
+    from PIL import ImageEnhance
+
+    from ..render import render_emoji
+
+    img = render_emoji(emoji, draw.size, background=draw.background, scale=draw.scale, offset=draw.offset,
+                       rotate=draw.rotate)
+    for enhancer, factor in zip((ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color), draw.enhance):
+        img = enhancer(img).enhance(factor)
+    return img
+
+
 def render_augmented(emoji: str, rng: random.Random, aug: Augment = Augment()) -> Any:
     """One random render of ``emoji`` (a PIL RGB image whose size is drawn from ``aug.sizes``).
 
@@ -73,27 +132,12 @@ def render_augmented(emoji: str, rng: random.Random, aug: Augment = Augment()) -
         >>> render_augmented("🐺", random.Random(0)).mode
         'RGB'
     """
-    from PIL import ImageEnhance
+    return render_with(emoji, draw_render(rng, aug))
 
-    from ..render import render_emoji
 
-    sizes, weights = zip(*aug.sizes)
-    size = rng.choices(sizes, weights)[0]
-    if rng.random() < aug.white:
-        bg = (255, 255, 255)
-    else:
-        bg = tuple(rng.randrange(256) for _ in range(3))
-    img = render_emoji(
-        emoji,
-        size,
-        background=bg,  # type: ignore[arg-type]
-        scale=rng.uniform(*aug.scale),
-        offset=(rng.uniform(-aug.shift, aug.shift), rng.uniform(-aug.shift, aug.shift)),
-        rotate=rng.uniform(-aug.rotate, aug.rotate),
-    )
-    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-        img = enhancer(img).enhance(1.0 + rng.uniform(-aug.jitter, aug.jitter))
-    return img
+def _render_jobs(jobs: Sequence[tuple[str, RenderDraw]]) -> list[Any]:
+    """Worker of :func:`render_pool`: render a chunk of ``(emoji, draw)`` jobs."""
+    return [render_with(e, d) for e, d in jobs]
 
 
 def pixel_values(processor: Any, images: Sequence[Any]) -> torch.Tensor:
@@ -120,22 +164,44 @@ def render_pool(
     aug: Augment = Augment(),
     progress: bool = True,
     chunk: int = 256,
+    workers: int | None = None,
 ) -> torch.Tensor:
     """``per_concept`` augmented renders of each concept, processed: ``[len(concepts), per_concept, 3, H, W]`` uint8.
+
+    Every render's parameters are drawn in order from one ``random.Random(seed)``, so the pool
+    depends on the seed alone, not on how many worker processes draw the glyphs.
+
+    Args:
+        workers: processes that render (1: this process; default: one per core for pools of
+            4096 renders or more, where it halves the time on two cores, else 1, since a worker
+            takes seconds to start).
 
     Example:
         >>> pool = render_pool([Concept("🐺", "wolf", "animals")], 2, proc, seed=0)   # doctest: +SKIP
         >>> pool.shape                                                              # doctest: +SKIP
         torch.Size([1, 2, 3, 64, 64])
     """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm.auto import tqdm
 
     rng = random.Random(seed)
-    jobs = [(i, c.emoji) for i, c in enumerate(concepts) for _ in range(per_concept)]
+    jobs = [(c.emoji, draw_render(rng, aug)) for c in concepts for _ in range(per_concept)]
+    chunks = [jobs[start : start + chunk] for start in range(0, len(jobs), chunk)]
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(jobs) >= 4096 else 1
+    workers = min(workers, len(chunks))
+    bar = tqdm(total=len(jobs), desc="rendering", disable=not progress)
     out = []
-    for start in tqdm(range(0, len(jobs), chunk), desc="rendering", disable=not progress, unit_scale=chunk):
-        imgs = [render_augmented(e, rng, aug) for _, e in jobs[start : start + chunk]]
-        out.append(to_uint8(pixel_values(processor, imgs)))
+    with contextlib.ExitStack() as stack:
+        # spawn, not fork: the parent may hold torch's thread pools, which a forked child must not touch
+        rendered = (map(_render_jobs, chunks) if workers <= 1 else stack.enter_context(
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))).map(_render_jobs, chunks))
+        for imgs in rendered:
+            out.append(to_uint8(pixel_values(processor, imgs)))
+            bar.update(len(imgs))
+    bar.close()
     flat = torch.cat(out)
     return flat.view(len(concepts), per_concept, *flat.shape[1:])
 
