@@ -173,8 +173,8 @@ def render_pool(
 
     Args:
         workers: processes that render (1: this process; default: one per core for pools of
-            4096 renders or more, where it halves the time on two cores, else 1, since a worker
-            takes seconds to start).
+            4096 renders or more, where it halves the time on two cores, else 1: where there is
+            no ``fork``, a worker takes seconds to start).
 
     Example:
         >>> pool = render_pool([Concept("🐺", "wolf", "animals")], 2, proc, seed=0)   # doctest: +SKIP
@@ -195,9 +195,11 @@ def render_pool(
     bar = tqdm(total=len(jobs), desc="rendering", disable=not progress)
     out = []
     with contextlib.ExitStack() as stack:
-        # spawn, not fork: the parent may hold torch's thread pools, which a forked child must not touch
+        # fork where there is one (as torch's DataLoader does): the workers only run PIL, and unlike spawn
+        # it does not re-import the caller's script, which may lack an ``if __name__ == "__main__"`` guard
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         rendered = (map(_render_jobs, chunks) if workers <= 1 else stack.enter_context(
-            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))).map(_render_jobs, chunks))
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))).map(_render_jobs, chunks))
         for imgs in rendered:
             out.append(to_uint8(pixel_values(processor, imgs)))
             bar.update(len(imgs))
