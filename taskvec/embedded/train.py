@@ -46,13 +46,17 @@ import torch.nn.functional as F
 from ..errors import TaskvecError
 from .assemble import DELTA_FILE, MANIFEST_FILE, VISION_FILE, build_model
 from .concepts import Concept
-from .data import CAPTION_TEMPLATES, Augment, caption_batch, from_uint8, jitter_pixels, render_pool
+from .data import CAPTION_TEMPLATES, caption_batch, from_uint8, jitter_pixels, render_pool
 from .codes import CodeHead, codes_as_image_features, fit_projector_to_codes, noisy_codes
 from .distill import icl_distill_loss
 from .lora import add_lora, lora_state
 from .spec import BASE_LLM, VLMSpec, vlm_processor, vlm_tokenizer
 
 STAGES = ("read", "vision", "align", "lora")
+#: Offset of the caption pool's seed from the run's (far from the eval's held-out seed, 1_000_003).
+CAPTION_POOL_SEED = 7_000_001
+#: Knobs added after weights had shipped, with the value every run before them had.
+LATER_KNOBS: dict[str, Any] = {"caption_renders_per_concept": 0}
 _READ, _VISION, _ALIGN, _LORA, _DONE = range(5)
 
 #: Openings of the plain-text samples drawn from the base LLM for stage 3 (varied, none about the tasks).
@@ -72,7 +76,13 @@ class TrainConfig:
     Attributes:
         seed: the one seed of the run.
         spec: the model sizes.
-        renders_per_concept: augmented renders per concept in the cached pool.
+        renders_per_concept: augmented renders per concept in the cached pool the encoder learns from.
+        caption_renders_per_concept: renders per concept of a second pool (another seed) that the
+            caption stages (align, lora) read: the encoder never trained on them, so the projector
+            and the LM learn how its features of *new* images spread, not of the renders it
+            memorised (0: the caption stages read the encoder's pool, as every shipped run has;
+            a candidate with 16, 96 encoder renders, 110 read and 190 align steps named fewer
+            held-out renders than v5, docs/embedded-vlm.md).
         read_steps, read_batch, read_code_lr, read_projector_lr: stage 0 (free class codes,
             projector and LoRA captioning through the LM; 0 steps: no such stage, v0/v1).
         read_noise: in stage 0 each code is read with random noise of this norm relative to the
@@ -105,6 +115,7 @@ class TrainConfig:
     seed: int = 0
     spec: VLMSpec = field(default_factory=VLMSpec)
     renders_per_concept: int = 48
+    caption_renders_per_concept: int = 0
     read_steps: int = 140
     read_batch: int = 32
     read_code_lr: float = 0.3
@@ -137,9 +148,11 @@ class TrainConfig:
     checkpoint_seconds: float = 60.0
 
     def to_json(self) -> dict[str, Any]:
+        """The knobs as JSON; a knob of :data:`LATER_KNOBS` at its earlier value is left out, so an
+        earlier recipe keeps its manifest's form and its checkpoint's fingerprint."""
         d = asdict(self)
         d["spec"] = self.spec.to_json()
-        return d
+        return {k: v for k, v in d.items() if not (k in LATER_KNOBS and v == LATER_KNOBS[k])}
 
     def key(self, concepts: Sequence[Concept]) -> str:
         """Fingerprint of the config and class list (a checkpoint only resumes the same run)."""
@@ -373,15 +386,20 @@ def train(
     tokenizer = vlm_tokenizer(base_dir)
     processor = vlm_processor(tokenizer, spec)
 
-    # --- data: the render pool (cached), split into the concepts' renders ---------------------
-    pool_path = work / f"pool-{key}.pt" if work else None
-    if pool_path is not None and pool_path.exists():
-        pool = torch.load(pool_path)
-    else:
-        pool = render_pool(concepts, config.renders_per_concept, processor, seed=config.seed, progress=progress)
-        if pool_path is not None:
-            torch.save(pool, pool_path)
-    n_cls, per = pool.shape[:2]
+    # --- data: the render pools (cached), split into the concepts' renders ----------------------
+    def cached_pool(name: str, per_concept: int, seed: int) -> torch.Tensor:
+        path = work / f"{name}-{key}.pt" if work else None
+        if path is not None and path.exists():
+            return torch.load(path)
+        made = render_pool(concepts, per_concept, processor, seed=seed, progress=progress)
+        if path is not None:
+            torch.save(made, path)
+        return made
+
+    pool = cached_pool("pool", config.renders_per_concept, config.seed)
+    caption_pool = (cached_pool("caption-pool", config.caption_renders_per_concept, config.seed + CAPTION_POOL_SEED)
+                    if config.caption_renders_per_concept else pool)
+    n_cls = len(pool)
     # a concept drawn under several names (a task alias, an identical flag) is captioned with any of them
     names = [(c.caption, *c.aliases) for c in concepts]
 
@@ -401,10 +419,12 @@ def train(
         return snap
 
     def draw(stage: int, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, random.Random]:
+        """Batch of step ``step`` of stage ``stage`` (0: vision, from the encoder's pool; 1, 2: the caption stages')."""
+        source = pool if stage == 0 else caption_pool
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + stage * 100_003 + step)
         cls = torch.randint(n_cls, (batch,), generator=gen)
-        idx = torch.randint(per, (batch,), generator=gen)
-        pix = from_uint8(pool[cls, idx])
+        idx = torch.randint(source.shape[1], (batch,), generator=gen)
+        pix = from_uint8(source[cls, idx])
         if config.jitter:
             pix = jitter_pixels(pix, gen)
         return cls, pix, random.Random(int(torch.randint(2**31, (1,), generator=gen)))
@@ -551,7 +571,7 @@ def train(
         vision.requires_grad_(False)
     if state["stage"] == _VISION:
         if "codes" in state and "vision" in stages:
-            state["code_fit_cosine"] = _fit_to_codes(model, pool, state["codes"], config, autocast)
+            state["code_fit_cosine"] = _fit_to_codes(model, caption_pool, state["codes"], config, autocast)
         state.update(stage=_ALIGN, step=0)
         state.pop("opt", None)
         ckpt.save(snapshot(), force=True)
@@ -658,7 +678,7 @@ def train(
 
 def _fit_to_codes(model: Any, pool: torch.Tensor, codes: torch.Tensor, config: TrainConfig, autocast: Any) -> float:
     """End of stage 1 after a read stage: fold the linear map from the encoder's features of the
-    (jittered) render pool onto the codes into the projector (:func:`~taskvec.embedded.codes.fit_projector_to_codes`)."""
+    (jittered) renders of ``pool`` (the caption stages' pool) onto the codes into the projector (:func:`~taskvec.embedded.codes.fit_projector_to_codes`)."""
     vision = model.model.vision_tower
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)
     n_cls, per = pool.shape[:2]
