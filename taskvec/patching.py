@@ -14,6 +14,7 @@ values, and for each layer runs only the last token on top of them with the patc
 from __future__ import annotations
 
 import copy
+import inspect
 import numbers
 from typing import Any, Sequence
 
@@ -103,7 +104,14 @@ def prefix_cache(model: Model, batch: Batch) -> Any | None:
     prefix = {k: (v[:, :-1] if v.ndim == 2 and v.shape[1] == ids.shape[1] else v) for k, v in batch.inputs.items()}
     with torch.no_grad():
         out = model.hf(**prefix, use_cache=True, logits_to_keep=1)
-    return out.past_key_values
+    cache = getattr(out, "cache", None)  # the output's field from transformers 5.24
+    return cache if cache is not None else out.past_key_values
+
+
+def _cache_keyword(model: Model) -> str:
+    """The forward's KV-cache keyword: ``cache`` from transformers 5.24 (``past_key_values`` is deprecated
+    there), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
 
 
 def cached_patched_logits(
@@ -123,7 +131,7 @@ def cached_patched_logits(
         next-token logits ``[batch, vocab]``, equal (to float rounding) to the full patched forward.
     """
     values = _values(model, vector, mode)
-    inputs = dict(input_ids=batch.input_ids[:, -1:], past_key_values=copy.deepcopy(cache))
+    inputs = {"input_ids": batch.input_ids[:, -1:], _cache_keyword(model): copy.deepcopy(cache)}
     if "attention_mask" in batch.inputs:
         inputs["attention_mask"] = batch.inputs["attention_mask"]
     with model.nn.trace(inputs, **model.trace_kwargs(logits_to_keep=1)):
