@@ -14,7 +14,7 @@ from taskvec.embedded.assemble import read_manifest
 from taskvec.embedded.concepts import Concept, extra_concepts, merge_identical, task_concepts
 from taskvec.embedded.data import CAPTION_PROMPT, CAPTION_TEMPLATES, caption_batch, render_augmented, render_pool
 from taskvec.embedded.spec import VLMSpec, vlm_processor, vlm_tokenizer
-from taskvec.embedded.train import TrainConfig, train
+from taskvec.embedded.train import TrainConfig, TrainResult, train
 from taskvec.loading import converted_dir
 from taskvec.tasks import PAPER_TASKS, get_task
 
@@ -265,6 +265,24 @@ def _stage_two(**overrides) -> TrainConfig:
                    vision_batch=8, align_steps=3, align_batch=4, lora_steps=0, warmup=0.0, align_text_batch=0, **overrides)
 
 
+def _run_stage_two(config: TrainConfig, work_dir) -> TrainResult:
+    """:data:`TRIO` through stages 1 and 2 (vision, align) with ``config``."""
+    return train(TRIO, config, work_dir=work_dir, progress=False, stages=("vision", "align"))
+
+
+TOWER, PROJECTOR = "model.vision_tower.", "model.multi_modal_projector."
+
+
+def _weights(result: TrainResult, prefix: str) -> dict[str, torch.Tensor]:
+    """A run's trained image-side weights under ``prefix`` (:data:`TOWER` or :data:`PROJECTOR`)."""
+    return {k: v for k, v in result.state["vision"].items() if k.startswith(prefix)}
+
+
+def _same_weights(result: TrainResult, reference: TrainResult, prefix: str) -> bool:
+    """Every weight of ``reference`` under ``prefix`` is bit for bit the same in ``result``."""
+    return all(torch.equal(_weights(result, prefix)[k], v) for k, v in _weights(reference, prefix).items())
+
+
 @pytest.mark.slow
 def test_short_training_lowers_the_loss(tmp_path):
     concepts = [Concept("🇫🇷", "France", "flags"), Concept("🇯🇵", "Japan", "flags"), Concept("🐺", "Wolf", "animals"),
@@ -288,13 +306,12 @@ def test_align_lora_trains_the_lm_update_in_stage_two(tmp_path):
     """With ``align_lora`` the LoRA factors exist and move during stage 2 (B starts at zero), and
     a resumed run reloads them; without it stage 2 leaves the LM untouched (no update at all)."""
     config = _stage_two(align_lora=True)
-    result = train(TRIO, config, work_dir=tmp_path, progress=False, stages=("vision", "align"))
+    result = _run_stage_two(config, tmp_path)
     lora = result.state["lora"]
     assert lora and any(k.endswith(".lora_B") and v.abs().sum() > 0 for k, v in lora.items())
-    again = train(TRIO, config, work_dir=tmp_path, progress=False, stages=("vision", "align"))
+    again = _run_stage_two(config, tmp_path)
     assert all(torch.equal(again.state["lora"][k], v) for k, v in lora.items())
-    frozen = train(TRIO, replace(config, align_lora=False), work_dir=tmp_path / "frozen", progress=False,
-                   stages=("vision", "align"))
+    frozen = _run_stage_two(replace(config, align_lora=False), tmp_path / "frozen")
     assert frozen.state["lora"] == {} and len(frozen.losses["align"]) == 3
 
 
@@ -304,17 +321,13 @@ def test_align_stage_leaves_the_encoder_frozen_at_rate_zero(tmp_path):
     features and leaves the encoder as stage 1 left it; at a positive rate the encoder moves."""
     config = _stage_two(align_lora=False)
     assert TrainConfig().align_vision_lr == 0.0
-    part = lambda result, prefix: {k: v for k, v in result.state["vision"].items() if k.startswith(prefix)}  # noqa: E731
-    tower, projector = "model.vision_tower.", "model.multi_modal_projector."
-
-    run = lambda cfg, work: train(TRIO, cfg, work_dir=tmp_path / work, progress=False, stages=("vision", "align"))  # noqa: E731
-    before = run(replace(config, align_steps=0), "stage1")  # stage 1 alone (the same steps: same seed)
-    after = run(config, "frozen")
-    assert len(after.losses["align"]) == 3 and part(before, tower)
-    assert all(torch.equal(part(after, tower)[k], v) for k, v in part(before, tower).items())
-    assert any(not torch.equal(part(after, projector)[k], v) for k, v in part(before, projector).items())
-    after = run(replace(config, align_vision_lr=5e-4), "trained")
-    assert any(not torch.equal(part(after, tower)[k], v) for k, v in part(before, tower).items())
+    before = _run_stage_two(replace(config, align_steps=0), tmp_path / "stage1")  # stage 1 alone (the same steps: same seed)
+    after = _run_stage_two(config, tmp_path / "frozen")
+    assert len(after.losses["align"]) == 3 and _weights(before, TOWER)
+    assert _same_weights(after, before, TOWER)
+    assert not _same_weights(after, before, PROJECTOR)
+    after = _run_stage_two(replace(config, align_vision_lr=5e-4), tmp_path / "trained")
+    assert not _same_weights(after, before, TOWER)
 
 
 @pytest.mark.slow
@@ -323,15 +336,12 @@ def test_caption_stages_read_renders_the_encoder_never_saw(tmp_path):
     seed: the two pools share no image, the encoder (trained on its own pool) comes out the same,
     and the projector, which learned from the other images, does not."""
     config = _stage_two(align_lora=False)
-    run = lambda cfg, work: train(TRIO, cfg, work_dir=tmp_path / work, progress=False, stages=("vision", "align"))  # noqa: E731
-    part = lambda result, prefix: {k: v for k, v in result.state["vision"].items() if k.startswith(prefix)}  # noqa: E731
-    tower, projector = "model.vision_tower.", "model.multi_modal_projector."
     # at 0, as in every shipped run, the knob is left out of the recipe's JSON, so earlier manifests stay valid
     assert "caption_renders_per_concept" not in replace(config, caption_renders_per_concept=0).to_json()
-    own = run(replace(config, caption_renders_per_concept=0), "own")
-    other = run(config, "other")
-    assert all(torch.equal(part(other, tower)[k], v) for k, v in part(own, tower).items())
-    assert any(not torch.equal(part(other, projector)[k], v) for k, v in part(own, projector).items())
+    own = _run_stage_two(replace(config, caption_renders_per_concept=0), tmp_path / "own")
+    other = _run_stage_two(config, tmp_path / "other")
+    assert _weights(own, TOWER) and _same_weights(other, own, TOWER)
+    assert not _same_weights(other, own, PROJECTOR)
     encoder_pool, caption_pool = (torch.load(tmp_path / "other" / f"{name}-{config.key(TRIO)}.pt") for name in ("pool", "caption-pool"))
     assert caption_pool.shape[:2] == (3, 2) and not list((tmp_path / "own").glob("caption-pool-*"))
     a, b = encoder_pool.flatten(0, 1).flatten(1), caption_pool.flatten(0, 1).flatten(1)
@@ -342,7 +352,7 @@ def test_caption_stages_read_renders_the_encoder_never_saw(tmp_path):
 def test_distillation_starts_at_the_base_and_is_recorded(tmp_path):
     """The KL to the base LLM is exactly zero before the update moves (B starts at zero), then positive."""
     config = _stage_two(align_lora=True, distill_batch=2)
-    kl = train(TRIO, config, work_dir=tmp_path, progress=False, stages=("vision", "align")).losses["align_distill"]
+    kl = _run_stage_two(config, tmp_path).losses["align_distill"]
     assert len(kl) == 3 and abs(kl[0]) < 1e-6 and max(kl[1:]) > 1e-6, kl
 
 
