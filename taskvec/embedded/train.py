@@ -1,4 +1,4 @@
-"""Training the embedded VLM on a CPU in four stages, resumable at any step.
+"""Training the embedded VLM on a CPU in up to five stages, resumable at any step.
 
 0. **read** (``read_steps > 0``, the shipped run): a free code per concept stands in for the
    encoder's output (:mod:`taskvec.embedded.codes`); codes, projector and the LoRA update of
@@ -21,10 +21,14 @@
 3. **lora**: a low-rank update of the language model's attention (plus the projector) on
    captions (one or two images per sequence) mixed with plain text sampled from the base LLM
    and the same KL term, so the VLM's LM moves only slightly away from the base LLM.
+4. **realign** (``realign_steps > 0``): stage 2 once more, with a learning-rate schedule of its
+   own, on renders the encoder never saw, so the projector and the LM learn how the encoder's
+   features of new images spread around the ones it was trained on.
 
 All randomness comes from ``TrainConfig.seed``: the batch of step ``i`` of stage ``s`` is drawn
 from its own generator, so a run resumed from a checkpoint takes the same steps as one that
-never stopped. Matmuls run in bfloat16 autocast (3x faster on this CPU); weights stay float32.
+never stopped. Matmuls run in bfloat16 autocast (3x faster on this CPU); trained weights stay
+float32, the frozen LM's are stored in bfloat16 (the values autocast would cast them to).
 """
 
 from __future__ import annotations
@@ -52,12 +56,13 @@ from .distill import icl_distill_loss
 from .lora import add_lora, lora_state
 from .spec import BASE_LLM, VLMSpec, vlm_processor, vlm_tokenizer
 
-STAGES = ("read", "vision", "align", "lora")
-#: Offset of the caption pool's seed from the run's (far from the eval's held-out seed, 1_000_003).
+STAGES = ("read", "vision", "align", "lora", "realign")
+#: Offsets of the caption pools' seeds from the run's (far from the eval's held-out seed, 1_000_003).
 CAPTION_POOL_SEED = 7_000_001
+REALIGN_POOL_SEED = 9_000_011
 #: Knobs added after weights had shipped, with the value every run before them had.
-LATER_KNOBS: dict[str, Any] = {"caption_renders_per_concept": 0}
-_READ, _VISION, _ALIGN, _LORA, _DONE = range(5)
+LATER_KNOBS: dict[str, Any] = {"caption_renders_per_concept": 0, "realign_steps": 0, "realign_renders_per_concept": 0}
+_READ, _VISION, _ALIGN, _LORA, _REALIGN, _DONE = range(6)
 
 #: Openings of the plain-text samples drawn from the base LLM for stage 3 (varied, none about the tasks).
 TEXT_OPENINGS = (
@@ -96,6 +101,10 @@ class TrainConfig:
         align_lora: stage 2 also trains the LoRA update (rate ``lora_lr``) on captions plus
             ``align_text_batch`` plain-text sequences per step; else the LM stays frozen (v0).
         lora_steps, lora_batch, lora_text_batch, lora_lr, lora_projector_lr: stage 3.
+        realign_steps, realign_renders_per_concept: stage 4, a second align cycle (its own warm-up
+            and cosine; the align stage's batch, rates and terms, the encoder frozen) on a pool of
+            that many renders per concept from another seed, which the encoder never trained on
+            (0 renders: the caption stages' pool; 0 steps: no such stage, as up to v5).
         distill_batch, distill_weight: whenever the LoRA update trains, ``distill_batch`` synthetic
             few-shot prompts per step whose output distribution at the answer delimiters is held
             to the base LLM's by a KL term of weight ``distill_weight``
@@ -136,6 +145,8 @@ class TrainConfig:
     lora_text_batch: int = 2
     lora_lr: float = 1e-3
     lora_projector_lr: float = 3e-4
+    realign_steps: int = 0
+    realign_renders_per_concept: int = 0
     distill_batch: int = 4
     distill_weight: float = 2.0
     multi_image: float = 0.25
@@ -224,6 +235,25 @@ class _Checkpoint:
         torch.save({**data, "key": self.key}, tmp)
         os.replace(tmp, self.path)
         self.last = time.time()
+
+
+def _frozen_lm_to_bf16(model: Any) -> None:
+    """Store the frozen language model's linear weights in bfloat16, once.
+
+    Under bf16 autocast a float32 weight that takes no gradient is cast to bfloat16 again at every
+    call: four passes through the LM per caption step re-read its 270M weights each time (about
+    half a second per step on this CPU). A weight already in bfloat16 is used as it is, and holds
+    the very values the cast would have made, so the run's numbers do not change. The unembedding
+    gets its own bfloat16 copy: it is tied to the input embedding, which stays float32.
+    """
+    lm = model.model.language_model
+    for mod in lm.modules():
+        if isinstance(mod, torch.nn.Linear) and not mod.weight.requires_grad:
+            mod.weight.data = mod.weight.data.to(torch.bfloat16)
+    tied = model.lm_head.weight
+    head = torch.nn.Linear(tied.shape[1], tied.shape[0], bias=False, device="meta")
+    head.weight = torch.nn.Parameter(tied.detach().to(torch.bfloat16), requires_grad=False)
+    model.lm_head = head
 
 
 def _project_init(model: Any, seed: int) -> None:
@@ -345,7 +375,7 @@ def train(
             (``None``: keep nothing, no resume).
         base_dir: converted base LLM (default: ``taskvec.loading.converted_dir("gemma-3-270m")``).
         progress: show tqdm bars.
-        stages: which of ``("vision", "align", "lora")`` to run, in that order (tests run fewer).
+        stages: which of :data:`STAGES` to run, in that order (tests run fewer).
         on_step: called as ``on_step(stage, step, loss)`` after every step.
 
     Returns:
@@ -399,6 +429,8 @@ def train(
     pool = cached_pool("pool", config.renders_per_concept, config.seed)
     caption_pool = (cached_pool("caption-pool", config.caption_renders_per_concept, config.seed + CAPTION_POOL_SEED)
                     if config.caption_renders_per_concept else pool)
+    realign_pool = (cached_pool("realign-pool", config.realign_renders_per_concept, config.seed + REALIGN_POOL_SEED)
+                    if config.realign_renders_per_concept and config.realign_steps and "realign" in stages else caption_pool)
     n_cls = len(pool)
     # a concept drawn under several names (a task alias, an identical flag) is captioned with any of them
     names = [(c.caption, *c.aliases) for c in concepts]
@@ -407,6 +439,8 @@ def train(
     model = build_model(base_dir, spec)
     _project_init(model, config.seed)
     model.requires_grad_(False)
+    if config.bf16:
+        _frozen_lm_to_bf16(model)
     lm_layers = model.model.language_model.layers
     if "vision" in state:
         model.load_state_dict(state["vision"], strict=False)
@@ -419,8 +453,9 @@ def train(
         return snap
 
     def draw(stage: int, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, random.Random]:
-        """Batch of step ``step`` of stage ``stage`` (0: vision, from the encoder's pool; 1, 2: the caption stages')."""
-        source = pool if stage == 0 else caption_pool
+        """Batch of step ``step`` of stage ``stage`` (0: vision, from the encoder's pool; 1, 2: align and
+        lora, from the caption stages'; 3: realign, from its own)."""
+        source = pool if stage == 0 else realign_pool if stage == 3 else caption_pool
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + stage * 100_003 + step)
         cls = torch.randint(n_cls, (batch,), generator=gen)
         idx = torch.randint(source.shape[1], (batch,), generator=gen)
@@ -428,6 +463,12 @@ def train(
         if config.jitter:
             pix = jitter_pixels(pix, gen)
         return cls, pix, random.Random(int(torch.randint(2**31, (1,), generator=gen)))
+
+    running = [s for s in STAGES if s in stages and getattr(config, f"{s}_steps")]
+
+    def label(stage: str) -> str:
+        """Progress-bar title: the stage's place among the stages this run has, e.g. ``2/4 vision``."""
+        return f"{running.index(stage) + 1}/{len(running)} {stage}"
 
     def plain_text() -> torch.Tensor:
         text_path = work / f"text-{config.seed}.pt" if work else None
@@ -508,7 +549,7 @@ def train(
             opt.load_state_dict(state["opt"])
         text = plain_text() if config.align_text_batch else None
         no_pixels = torch.zeros(config.read_batch, 3, spec.image_size, spec.image_size)
-        bar = tqdm(range(state["step"], config.read_steps), desc="1/4 read", disable=not progress,
+        bar = tqdm(range(state["step"], config.read_steps), desc=label("read"), disable=not progress,
                    initial=state["step"], total=config.read_steps)
         for step in bar:
             for g in opt.param_groups:
@@ -548,7 +589,7 @@ def train(
         if "opt" in state:
             opt.load_state_dict(state["opt"])
         vision.train()
-        bar = tqdm(range(state["step"], config.vision_steps), desc="2/4 vision", disable=not progress,
+        bar = tqdm(range(state["step"], config.vision_steps), desc=label("vision"), disable=not progress,
                    initial=state["step"], total=config.vision_steps)
         for step in bar:
             for g in opt.param_groups:
@@ -576,13 +617,15 @@ def train(
         state.pop("opt", None)
         ckpt.save(snapshot(), force=True)
 
-    # --- stage 2: projector (+ LoRA; + encoder if align_vision_lr) captioning real renders -----
-    if state["stage"] == _ALIGN and "align" in stages and config.align_steps:
+    # --- stages 2 and 4: projector (+ LoRA; + encoder at a vision rate) captioning real renders --
+    def align_cycle(name: str, steps: int, source: int, seed_base: int, vision_lr: float) -> None:
+        """One caption cycle with a warm-up and cosine of its own, drawing from pool ``source`` of ``draw``."""
+        nonlocal lora_params
         projector.requires_grad_(True)
         groups = [{"params": list(projector.parameters()), "peak": config.align_lr}]
-        if config.align_vision_lr:  # else the encoder stays as stage 1 left it (and no backward runs through it)
+        if vision_lr:  # else the encoder stays as stage 1 left it (and no backward runs through it)
             vision.requires_grad_(True)
-            groups.append({"params": list(vision.parameters()), "peak": config.align_vision_lr})
+            groups.append({"params": list(vision.parameters()), "peak": vision_lr})
         text = None
         if config.align_lora:
             if not lora_params:
@@ -593,24 +636,26 @@ def train(
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
         if "opt" in state:
             opt.load_state_dict(state["opt"])
-        bar = tqdm(range(state["step"], config.align_steps), desc="3/4 align", disable=not progress,
-                   initial=state["step"], total=config.align_steps)
+        bar = tqdm(range(state["step"], steps), desc=label(name), disable=not progress, initial=state["step"], total=steps)
         for step in bar:
             for g in opt.param_groups:
-                g["lr"] = _lr(step, config.align_steps, g["peak"], config.warmup)
-            cls, pix, rng = draw(1, step, config.align_batch)
+                g["lr"] = _lr(step, steps, g["peak"], config.warmup)
+            cls, pix, rng = draw(source, step, config.align_batch)
             batch = caption_batch(processor, [[rng.choice(names[int(c)])] for c in cls], pix, rng=rng,
                                   templates=config.templates)
-            cap, txt, kl = caption_step(batch, opt, trained, text, config.align_text_batch, config.seed * 7_919 + 50_000 + step,
-                                        config.seed * 7_919 + 90_000 + step)
-            state["losses"]["align"].append(cap)
+            cap, txt, kl = caption_step(batch, opt, trained, text, config.align_text_batch, seed_base + 50_000 + step,
+                                        seed_base + 90_000 + step)
+            state["losses"].setdefault(name, []).append(cap)
             if text is not None:
-                state.setdefault("align_text_losses", []).append(txt)
+                state.setdefault(f"{name}_text_losses", []).append(txt)
             if lora_params and config.distill_batch:
-                state.setdefault("align_distill_losses", []).append(kl)
-            end_caption_step("align", step, bar, opt, cap, txt, kl)
+                state.setdefault(f"{name}_distill_losses", []).append(kl)
+            end_caption_step(name, step, bar, opt, cap, txt, kl)
         vision.requires_grad_(False)
         projector.requires_grad_(False)
+
+    if state["stage"] == _ALIGN and "align" in stages and config.align_steps:
+        align_cycle("align", config.align_steps, 1, config.seed * 7_919, config.align_vision_lr)
     if state["stage"] == _ALIGN:
         state.update(stage=_LORA, step=0)
         state.pop("opt", None)
@@ -629,7 +674,7 @@ def train(
         )
         if "opt" in state:
             opt.load_state_dict(state["opt"])
-        bar = tqdm(range(state["step"], config.lora_steps), desc="4/4 lora", disable=not progress,
+        bar = tqdm(range(state["step"], config.lora_steps), desc=label("lora"), disable=not progress,
                    initial=state["step"], total=config.lora_steps)
         for step in bar:
             for g in opt.param_groups:
@@ -651,6 +696,14 @@ def train(
             end_caption_step("lora", step, bar, opt, cap, txt, kl)
         projector.requires_grad_(False)
     if state["stage"] == _LORA:
+        state.update(stage=_REALIGN, step=0)
+        state.pop("opt", None)
+        ckpt.save(snapshot(), force=True)
+
+    # --- stage 4: a second align cycle on renders the encoder never saw -------------------------
+    if state["stage"] == _REALIGN and "realign" in stages and config.realign_steps:
+        align_cycle("realign", config.realign_steps, 3, config.seed * 7_919 + 200_000, 0.0)
+    if state["stage"] == _REALIGN:
         state.update(stage=_DONE, step=0)
         state.pop("opt", None)
     final = snapshot()
@@ -666,8 +719,9 @@ def train(
     }
     parameters["trainable_shipped"] = parameters["vision_tower"] + parameters["projector"] + parameters["lm_delta"]
     return TrainResult(
-        losses={s: list(state["losses"][s]) for s in STAGES}
-        | {k: list(state.get(f"{k}_losses", [])) for k in ("text", "align_text", "distill", "align_distill", "read_distill")},
+        losses={s: list(state["losses"].get(s, [])) for s in STAGES}
+        | {k: list(state.get(f"{k}_losses", []))
+           for k in ("text", "align_text", "distill", "align_distill", "read_distill", "realign_text", "realign_distill")},
         seconds=final["seconds"],
         cpu_seconds=final["cpu_seconds"],
         parameters=parameters,
