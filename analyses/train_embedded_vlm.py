@@ -1,10 +1,11 @@
 """Train the embedded VLM (gemma-3-270m-vlm) and write its shipped weights.
 
-Four stages on CPU (see taskvec/embedded/train.py and docs/embedded-vlm.md): free class codes,
+Five stages on CPU (see taskvec/embedded/train.py and docs/embedded-vlm.md): free class codes,
 the projector and a rank-8 LoRA of Gemma-3-270m's attention learn to caption through the LM
 (read); the SigLIP encoder learns to put each render on its concept's code (vision); then
-encoder, projector and LoRA caption real renders (align), and the LoRA and projector caption
-one or two images per sequence (lora). Plain text and a KL term on synthetic few-shot prompts
+projector and LoRA caption real renders (align), the LoRA and projector caption one or two
+images per sequence (lora), and projector and LoRA caption renders the encoder never saw, on a
+learning-rate schedule of their own (realign). Plain text and a KL term on synthetic few-shot prompts
 keep the LM close to the base LLM throughout. Fixed seed; a checkpoint under the user cache lets
 an interrupted run resume where it stopped (run the same command again). Writes
 taskvec/embedded/weights/{vision,lm_delta}.safetensors and manifest.json, and
@@ -13,9 +14,11 @@ analyses/results/embedded_vlm_training.json (loss curves, timings).
     python analyses/train_embedded_vlm.py            # the shipped run (< 30 min on 2 idle cores)
     python analyses/train_embedded_vlm.py --fresh    # ignore the checkpoint, start over
     python analyses/train_embedded_vlm.py --quick --out /tmp/vlm-weights   # a 2-minute smoke run
-    python analyses/train_embedded_vlm.py --v3       # the previous shipped recipe (codes read noise-free),
+    python analyses/train_embedded_vlm.py --v5       # the previous shipped recipe (no realign stage),
+    python analyses/train_embedded_vlm.py --v4       # the one before (encoder trained in align too),
+    python analyses/train_embedded_vlm.py --v3       # the one before (codes read noise-free),
     python analyses/train_embedded_vlm.py --v2       # the one before (Q:/A: captions),
-    python analyses/train_embedded_vlm.py --v1       # the one before that (no read stage),
+    python analyses/train_embedded_vlm.py --v1       # the one before (no read stage),
     python analyses/train_embedded_vlm.py --v0       # or the first one (frozen LM in stage 2); all
         # replace the shipped weights, so measure them with eval_embedded_vlm.py, then
         # `git checkout taskvec/embedded/weights analyses/results` to get the shipped ones back
@@ -55,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps of each stage on 40 classes (smoke test)")
     ap.add_argument("--v0", action="store_true",
                     help="the recipe of the first shipped weights (frozen LM in stage 2, no distillation; docs/embedded-vlm.md)")
+    ap.add_argument("--v5", action="store_true",
+                    help="the recipe of the sixth shipped weights (no realign stage; docs/embedded-vlm.md)")
     ap.add_argument("--v4", action="store_true",
                     help="the recipe of the fifth shipped weights (the encoder trained in the align stage too; docs/embedded-vlm.md)")
     ap.add_argument("--v3", action="store_true",
@@ -70,13 +75,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     config = TrainConfig(seed=args.seed)
     concepts = training_concepts(args.n_extra, seed=args.seed)
-    if args.v0 + args.v1 + args.v2 + args.v3 + args.v4 > 1:
-        ap.error("--v0, --v1, --v2, --v3 and --v4 are different recipes: pick one")
-    # v4 is the shipped (v5) recipe with these settings; v3 is v4 with its own changes on top, v2 is
-    # v3 with its own, and v1 / v0 are v2 with theirs, so every earlier recipe stays reproducible
-    v4 = dict(align_steps=90, align_vision_lr=5e-4)
+    if args.v0 + args.v1 + args.v2 + args.v3 + args.v4 + args.v5 > 1:
+        ap.error("--v0, --v1, --v2, --v3, --v4 and --v5 are different recipes: pick one")
+    # v5 is the shipped (v6) recipe with these settings; v4 is v5 with its own changes on top, v3 is
+    # v4 with its own, and so on back to v1 / v0, so every earlier recipe stays reproducible
+    v5 = dict(realign_steps=0, realign_renders_per_concept=0)
+    v4 = v5 | dict(align_steps=90, align_vision_lr=5e-4)
     v3 = v4 | dict(renders_per_concept=32, read_steps=160, read_noise=0.0, align_steps=60, lora_steps=40, distill_batch=6)
     v2 = v3 | dict(renders_per_concept=24, read_steps=140, vision_steps=1200, lora_steps=50, templates=QA_CAPTION_TEMPLATES)
+    if args.v5:
+        config = replace(config, **v5)
     if args.v4:
         config = replace(config, **v4)
     if args.v3:
@@ -91,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:  # the recipe's stages, each a few steps long
         concepts = concepts[::len(concepts) // 40][:40]
         config = replace(config, renders_per_concept=4, read_steps=6 if config.read_steps else 0, read_batch=8, vision_steps=20,
-                         vision_batch=64, align_steps=10, align_batch=8, align_text_batch=2, lora_steps=4, lora_batch=8, lora_text_batch=2)
+                         vision_batch=64, align_steps=10, align_batch=8, align_text_batch=2, lora_steps=4, lora_batch=8, lora_text_batch=2,
+                         realign_steps=6 if config.realign_steps else 0,
+                         realign_renders_per_concept=2 if config.realign_renders_per_concept else 0)
     overrides = {f"{s}_steps": getattr(args, f"{s}_steps") for s in STAGES if getattr(args, f"{s}_steps") is not None}
     config = replace(config, **overrides)
     work = Path(args.work) if args.work else cache_dir("vlm-train", f"seed{args.seed}" + ("-quick" if args.quick else ""))

@@ -97,17 +97,15 @@ def food_naming(vlm) -> dict[str, float]:
 def test_demonstrations_cut_how_often_the_vlm_names_the_query_image(food_naming):
     """Asked ``Q:<image>\\nA:`` alone, the VLM names the image (it is a captioner); five image
     demonstrations of a food task must pull it away from that by at least a quarter, or it ignores
-    them. v5 names the query image in 10 of these 19 prompts with demonstrations, 17 without
-    (analyses/results/embedded_vlm.json). The v2 weights, trained on ``Q:<image>\\nA:{name}``
+    them. v6 names the query image in 5 of these 19 prompts with demonstrations, 19 without (v5 10
+    and 17; analyses/results/embedded_vlm.json). The v2 weights, trained on ``Q:<image>\\nA:{name}``
     captions, named it in 13 of 19 with demonstrations (image ICL 0.00 on both food tasks)."""
     assert food_naming["zero"] >= 0.5 and food_naming["icl"] <= 0.75 * food_naming["zero"], food_naming
 
 
-@pytest.mark.xfail(strict=True, reason="issue #3: with five image demonstrations the shipped v5 weights still name the "
-                                       "query image in 10 of 19 food prompts (v4: 5 of 19, which passed); strict, so "
-                                       "weights that pass turn this red until the marker goes")
 def test_demonstrations_mostly_stop_the_vlm_naming_the_query_image(food_naming):
-    """The target: five demonstrations at least halve the naming and leave it under a third."""
+    """The target: five demonstrations at least halve the naming and leave it under a third (v6 names
+    5 of 19 with them, 19 without; v4 met it too, v5 named 10 of 19 and failed it)."""
     assert food_naming["icl"] <= min(1 / 3, food_naming["zero"] / 2), food_naming
 
 
@@ -162,16 +160,16 @@ def _named(vlm, picked, prompts) -> dict[str, float]:
 
 
 def test_names_held_out_renders(vlm):
-    """What the shipped v5 weights reach: they name 63-88% of held-out renders (analyses/results/
-    embedded_vlm.json; 0.8 / 0.8 / 0.8 of this sample; v4 1.0 / 0.4 / 0.7, v3 0.6 / 0.6 / 0.6); v1
-    named 5-12%, chance is ~1/450."""
+    """What the shipped v6 weights reach: they name 72-92% of held-out renders (analyses/results/
+    embedded_vlm.json; 1.0 / 0.8 / 0.7 of this sample; v5 0.8 / 0.8 / 0.8, v4 1.0 / 0.4 / 0.7, v3
+    0.6 / 0.6 / 0.6); v1 named 5-12%, chance is ~1/450."""
     picked, prompts = _held_out_per_group(10)
     named = _named(vlm, picked, prompts)
     assert sum(named.values()) / 3 >= 0.65 and min(named.values()) >= 0.5, named
 
 
-@pytest.mark.xfail(strict=True, reason="issue #3: the shipped v5 weights name 63-88% of held-out renders (target 90% "
-                                       "per group; 0.95 / 0.8 / 0.9 of this sample); strict, so a retrained VLM that passes turns this red until the marker goes")
+@pytest.mark.xfail(strict=True, reason="issue #3: the shipped v6 weights name 72-92% of held-out renders (target 90% "
+                                       "per group; 0.95 / 0.75 / 0.95 of this sample); strict, so a retrained VLM that passes turns this red until the marker goes")
 def test_recognises_held_out_renders(vlm):
     picked, prompts = _held_out_per_group(20, seed=54321)
     named = _named(vlm, picked, prompts)
@@ -346,6 +344,67 @@ def test_caption_stages_read_renders_the_encoder_never_saw(tmp_path):
     assert caption_pool.shape[:2] == (3, 2) and not list((tmp_path / "own").glob("caption-pool-*"))
     a, b = encoder_pool.flatten(0, 1).flatten(1), caption_pool.flatten(0, 1).flatten(1)
     assert not (a[:, None] == b[None]).all(-1).any()
+
+
+@pytest.mark.slow
+def test_realign_stage_captions_a_pool_of_its_own(tmp_path):
+    """The realign stage runs its steps on a third pool that shares no image with the encoder's,
+    moves the projector and the LM update but not the encoder, and at 0 steps (every run up to
+    v5) is no stage at all: no pool, no losses, the knobs left out of the recipe's JSON."""
+    config = _stage_two(align_lora=True, caption_renders_per_concept=0, distill_batch=0, realign_steps=3,
+                        realign_renders_per_concept=2)
+    stages = ("vision", "align", "realign")
+    without = train(TRIO, replace(config, realign_steps=0), work_dir=tmp_path / "without", progress=False, stages=stages)
+    result = train(TRIO, config, work_dir=tmp_path / "with", progress=False, stages=stages)
+    assert len(result.losses["realign"]) == 3 and without.losses["realign"] == []
+    assert result.losses["align"] == without.losses["align"]  # the same run up to the new stage
+    assert _weights(result, TOWER) and _same_weights(result, without, TOWER)
+    assert not _same_weights(result, without, PROJECTOR)
+    assert any(not torch.equal(v, without.state["lora"][k]) for k, v in result.state["lora"].items())
+    encoder_pool, realign_pool = (torch.load(tmp_path / "with" / f"{name}-{config.key(TRIO)}.pt") for name in ("pool", "realign-pool"))
+    assert realign_pool.shape[:2] == (3, 2) and not list((tmp_path / "without").glob("realign-pool-*"))
+    a, b = encoder_pool.flatten(0, 1).flatten(1), realign_pool.flatten(0, 1).flatten(1)
+    assert not (a[:, None] == b[None]).all(-1).any()
+    earlier = replace(config, realign_steps=0, realign_renders_per_concept=0).to_json()
+    assert "realign_steps" not in earlier and "realign_renders_per_concept" not in earlier
+
+
+def test_frozen_lm_in_bfloat16_changes_no_number():
+    """Storing the frozen LM's weights in bfloat16 (done once, to spare autocast a cast per call)
+    gives bit for bit the caption and distillation losses and gradients of the float32 weights."""
+    from taskvec.embedded.assemble import build_model
+    from taskvec.embedded.data import caption_batch
+    from taskvec.embedded.distill import icl_distill_loss
+    from taskvec.embedded.lora import add_lora
+    from taskvec.embedded.spec import vlm_processor, vlm_tokenizer
+    from taskvec.embedded.train import _caption_loss, _frozen_lm_to_bf16
+    from taskvec.loading import converted_dir
+
+    base = converted_dir("gemma-3-270m")
+    tokenizer = vlm_tokenizer(base)
+    model = build_model(base, TINY_SPEC).requires_grad_(False)
+    torch.manual_seed(0)
+    lora = add_lora(model.model.language_model.layers, TINY_SPEC.lora_targets, TINY_SPEC.lora_rank, TINY_SPEC.lora_scale)
+    with torch.no_grad():
+        for p in lora:
+            p.normal_(0, 0.02)  # a moved update, so the distillation term is not zero
+    pix = torch.rand(2, 3, TINY_SPEC.image_size, TINY_SPEC.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    batch = caption_batch(vlm_processor(tokenizer, TINY_SPEC), [["France"], ["Wolf"]], pix, rng=random.Random(0))
+
+    def losses_and_grads() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        for p in lora:
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = [_caption_loss(model, batch), icl_distill_loss(model, tokenizer, 2, seed=1)]
+        sum(losses).backward()
+        return [x.detach() for x in losses], [p.grad.clone() for p in lora]
+
+    before = losses_and_grads()
+    _frozen_lm_to_bf16(model)
+    after = losses_and_grads()
+    assert model.model.language_model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+    assert model.model.language_model.embed_tokens.weight.dtype == torch.float32  # the input embedding stays float32
+    assert before[0][1] > 0 and all(torch.equal(a, b) for a, b in zip(before[0] + before[1], after[0] + after[1]))
 
 
 @pytest.mark.slow

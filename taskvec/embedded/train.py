@@ -145,8 +145,8 @@ class TrainConfig:
     lora_text_batch: int = 2
     lora_lr: float = 1e-3
     lora_projector_lr: float = 3e-4
-    realign_steps: int = 0
-    realign_renders_per_concept: int = 0
+    realign_steps: int = 100
+    realign_renders_per_concept: int = 16
     distill_batch: int = 4
     distill_weight: float = 2.0
     multi_image: float = 0.25
