@@ -97,7 +97,7 @@ class TrainConfig:
         code_pull: weight of the pull of each feature towards its code in stage 1.
         vision_steps, vision_batch, vision_lr: stage 1 (encoder as a classifier).
         align_steps, align_batch, align_lr, align_vision_lr: stage 2 (projector, and the encoder at
-            ``align_vision_lr``; 0: the encoder stays frozen as stage 1 left it, v5).
+            ``align_vision_lr``; 0: the encoder stays frozen as stage 1 left it, as since v5).
         align_lora: stage 2 also trains the LoRA update (rate ``lora_lr``) on captions plus
             ``align_text_batch`` plain-text sequences per step; else the LM stays frozen (v0).
         lora_steps, lora_batch, lora_text_batch, lora_lr, lora_projector_lr: stage 3.
