@@ -258,9 +258,10 @@ TINY_SPEC = VLMSpec(vision_hidden=64, vision_layers=1, vision_heads=2, vision_ml
 
 
 def _stage_two(**overrides) -> TrainConfig:
-    """The stage-2 tests' run on :data:`TINY_SPEC`: two vision steps, then three align steps."""
-    return replace(TrainConfig(spec=TINY_SPEC), renders_per_concept=2, caption_renders_per_concept=2, vision_steps=2,
-                   vision_batch=8, align_steps=3, align_batch=4, lora_steps=0, warmup=0.0, align_text_batch=0, **overrides)
+    """The stage-2 tests' run on :data:`TINY_SPEC`: two vision steps, then three align steps (``overrides`` win)."""
+    run = dict(renders_per_concept=2, caption_renders_per_concept=2, vision_steps=2, vision_batch=8, align_steps=3,
+               align_batch=4, lora_steps=0, warmup=0.0, align_text_batch=0)
+    return replace(TrainConfig(spec=TINY_SPEC), **run | overrides)
 
 
 def _run_stage_two(config: TrainConfig, work_dir) -> TrainResult:
