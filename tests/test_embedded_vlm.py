@@ -277,6 +277,17 @@ def _weights(result: TrainResult, prefix: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in result.state["vision"].items() if k.startswith(prefix)}
 
 
+def _pools(folder, config: TrainConfig, *names: str) -> list[torch.Tensor]:
+    """The render pools a :data:`TRIO` run with ``config`` cached in ``folder`` (``pool``, ``caption-pool``, ...)."""
+    return [torch.load(folder / f"{name}-{config.key(TRIO)}.pt") for name in names]
+
+
+def _share_an_image(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two pools ``[concepts, renders, ...]`` hold any image bit for bit the same."""
+    a, b = a.flatten(0, 1).flatten(1), b.flatten(0, 1).flatten(1)
+    return bool((a[:, None] == b[None]).all(-1).any())
+
+
 def _same_weights(result: TrainResult, reference: TrainResult, prefix: str) -> bool:
     """Every weight of ``reference`` under ``prefix`` is bit for bit the same in ``result``."""
     return all(torch.equal(_weights(result, prefix)[k], v) for k, v in _weights(reference, prefix).items())
@@ -341,10 +352,9 @@ def test_caption_stages_read_renders_the_encoder_never_saw(tmp_path):
     other = _run_stage_two(config, tmp_path / "other")
     assert _weights(own, TOWER) and _same_weights(other, own, TOWER)
     assert not _same_weights(other, own, PROJECTOR)
-    encoder_pool, caption_pool = (torch.load(tmp_path / "other" / f"{name}-{config.key(TRIO)}.pt") for name in ("pool", "caption-pool"))
+    encoder_pool, caption_pool = _pools(tmp_path / "other", config, "pool", "caption-pool")
     assert caption_pool.shape[:2] == (3, 2) and not list((tmp_path / "own").glob("caption-pool-*"))
-    a, b = encoder_pool.flatten(0, 1).flatten(1), caption_pool.flatten(0, 1).flatten(1)
-    assert not (a[:, None] == b[None]).all(-1).any()
+    assert not _share_an_image(encoder_pool, caption_pool)
 
 
 @pytest.mark.slow
@@ -362,10 +372,9 @@ def test_realign_stage_captions_a_pool_of_its_own(tmp_path):
     assert _weights(result, TOWER) and _same_weights(result, without, TOWER)
     assert not _same_weights(result, without, PROJECTOR)
     assert any(not torch.equal(v, without.state["lora"][k]) for k, v in result.state["lora"].items())
-    encoder_pool, realign_pool = (torch.load(tmp_path / "with" / f"{name}-{config.key(TRIO)}.pt") for name in ("pool", "realign-pool"))
+    encoder_pool, realign_pool = _pools(tmp_path / "with", config, "pool", "realign-pool")
     assert realign_pool.shape[:2] == (3, 2) and not list((tmp_path / "without").glob("realign-pool-*"))
-    a, b = encoder_pool.flatten(0, 1).flatten(1), realign_pool.flatten(0, 1).flatten(1)
-    assert not (a[:, None] == b[None]).all(-1).any()
+    assert not _share_an_image(encoder_pool, realign_pool)
     earlier = replace(config, realign_steps=0, realign_renders_per_concept=0).to_json()
     assert "realign_steps" not in earlier and "realign_renders_per_concept" not in earlier
 
