@@ -14,7 +14,8 @@ analyses/results/embedded_vlm_training.json (loss curves, timings).
     python analyses/train_embedded_vlm.py            # the shipped run (< 30 min on 2 idle cores)
     python analyses/train_embedded_vlm.py --fresh    # ignore the checkpoint, start over
     python analyses/train_embedded_vlm.py --quick --out /tmp/vlm-weights   # a 2-minute smoke run
-    python analyses/train_embedded_vlm.py --v5       # the previous shipped recipe (no realign stage),
+    python analyses/train_embedded_vlm.py --v6       # the previous shipped recipe (1400 vision, 140 align, 100 realign steps),
+    python analyses/train_embedded_vlm.py --v5       # the one before (no realign stage),
     python analyses/train_embedded_vlm.py --v4       # the one before (encoder trained in align too),
     python analyses/train_embedded_vlm.py --v3       # the one before (codes read noise-free),
     python analyses/train_embedded_vlm.py --v2       # the one before (Q:/A: captions),
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps of each stage on 40 classes (smoke test)")
     ap.add_argument("--v0", action="store_true",
                     help="the recipe of the first shipped weights (frozen LM in stage 2, no distillation; docs/embedded-vlm.md)")
+    ap.add_argument("--v6", action="store_true",
+                    help="the recipe of the seventh shipped weights (1400 vision, 140 align and 100 realign steps; docs/embedded-vlm.md)")
     ap.add_argument("--v5", action="store_true",
                     help="the recipe of the sixth shipped weights (no realign stage; docs/embedded-vlm.md)")
     ap.add_argument("--v4", action="store_true",
@@ -75,14 +78,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     config = TrainConfig(seed=args.seed)
     concepts = training_concepts(args.n_extra, seed=args.seed)
-    if args.v0 + args.v1 + args.v2 + args.v3 + args.v4 + args.v5 > 1:
-        ap.error("--v0, --v1, --v2, --v3, --v4 and --v5 are different recipes: pick one")
-    # v5 is the shipped (v6) recipe with these settings; v4 is v5 with its own changes on top, v3 is
-    # v4 with its own, and so on back to v1 / v0, so every earlier recipe stays reproducible
-    v5 = dict(realign_steps=0, realign_renders_per_concept=0)
+    if args.v0 + args.v1 + args.v2 + args.v3 + args.v4 + args.v5 + args.v6 > 1:
+        ap.error("--v0, --v1, --v2, --v3, --v4, --v5 and --v6 are different recipes: pick one")
+    # v6 is the shipped (v7) recipe with these settings; v5 is v6 with its own changes on top, v4 is
+    # v5 with its own, and so on back to v1 / v0, so every earlier recipe stays reproducible
+    v6 = dict(vision_steps=1400, align_steps=140, realign_steps=100)
+    v5 = v6 | dict(realign_steps=0, realign_renders_per_concept=0)
     v4 = v5 | dict(align_steps=90, align_vision_lr=5e-4)
     v3 = v4 | dict(renders_per_concept=32, read_steps=160, read_noise=0.0, align_steps=60, lora_steps=40, distill_batch=6)
     v2 = v3 | dict(renders_per_concept=24, read_steps=140, vision_steps=1200, lora_steps=50, templates=QA_CAPTION_TEMPLATES)
+    if args.v6:
+        config = replace(config, **v6)
     if args.v5:
         config = replace(config, **v5)
     if args.v4:

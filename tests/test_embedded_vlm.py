@@ -97,15 +97,15 @@ def food_naming(vlm) -> dict[str, float]:
 def test_demonstrations_cut_how_often_the_vlm_names_the_query_image(food_naming):
     """Asked ``Q:<image>\\nA:`` alone, the VLM names the image (it is a captioner); five image
     demonstrations of a food task must pull it away from that by at least a quarter, or it ignores
-    them. v6 names the query image in 5 of these 19 prompts with demonstrations, 19 without (v5 10
-    and 17; analyses/results/embedded_vlm.json). The v2 weights, trained on ``Q:<image>\\nA:{name}``
+    them. v7 names the query image in 1 of these 19 prompts with demonstrations, 18 without (v6 5
+    and 19, v5 10 and 17; analyses/results/embedded_vlm.json). The v2 weights, trained on ``Q:<image>\\nA:{name}``
     captions, named it in 13 of 19 with demonstrations (image ICL 0.00 on both food tasks)."""
     assert food_naming["zero"] >= 0.5 and food_naming["icl"] <= 0.75 * food_naming["zero"], food_naming
 
 
 def test_demonstrations_mostly_stop_the_vlm_naming_the_query_image(food_naming):
-    """The target: five demonstrations at least halve the naming and leave it under a third (v6 names
-    5 of 19 with them, 19 without; v4 met it too, v5 named 10 of 19 and failed it)."""
+    """The target: five demonstrations at least halve the naming and leave it under a third (v7 names
+    1 of 19 with them, 18 without; v6 and v4 met it too, v5 named 10 of 19 and failed it)."""
     assert food_naming["icl"] <= min(1 / 3, food_naming["zero"] / 2), food_naming
 
 
@@ -160,17 +160,18 @@ def _named(vlm, picked, prompts) -> dict[str, float]:
 
 
 def test_names_held_out_renders(vlm):
-    """What the shipped v6 weights reach: they name 72-92% of held-out renders (analyses/results/
-    embedded_vlm.json; 1.0 / 0.8 / 0.7 of this sample; v5 0.8 / 0.8 / 0.8, v4 1.0 / 0.4 / 0.7, v3
-    0.6 / 0.6 / 0.6); v1 named 5-12%, chance is ~1/450."""
+    """A floor under the shipped weights, below the target test's bar so that it tells a small slip
+    from a broken image path: v7 names 91-97% of held-out renders (analyses/results/
+    embedded_vlm.json; 1.0 / 1.0 / 1.0 of this sample; v6 1.0 / 0.8 / 0.7, v5 0.8 / 0.8 / 0.8, v4
+    1.0 / 0.4 / 0.7); v1 named 5-12%, chance is ~1/450."""
     picked, prompts = _held_out_per_group(10)
     named = _named(vlm, picked, prompts)
-    assert sum(named.values()) / 3 >= 0.65 and min(named.values()) >= 0.5, named
+    assert sum(named.values()) / 3 >= 0.8 and min(named.values()) >= 0.7, named
 
 
-@pytest.mark.xfail(strict=True, reason="issue #3: the shipped v6 weights name 72-92% of held-out renders (target 90% "
-                                       "per group; 0.95 / 0.75 / 0.95 of this sample); strict, so a retrained VLM that passes turns this red until the marker goes")
 def test_recognises_held_out_renders(vlm):
+    """Issue #3's target: at least 90% of held-out renders named per group (v7: 1.0 / 1.0 / 0.95 of
+    this sample, 97 / 91 / 94% in analyses/results/embedded_vlm.json; v6 0.95 / 0.75 / 0.95 failed it)."""
     picked, prompts = _held_out_per_group(20, seed=54321)
     named = _named(vlm, picked, prompts)
     assert min(named.values()) >= 0.9, named

@@ -131,10 +131,10 @@ class TrainConfig:
     read_projector_lr: float = 5e-3
     read_noise: float = 0.75
     code_pull: float = 30.0
-    vision_steps: int = 1400
+    vision_steps: int = 2200
     vision_batch: int = 128
     vision_lr: float = 2e-3
-    align_steps: int = 140
+    align_steps: int = 40
     align_batch: int = 32
     align_lr: float = 1e-3
     align_vision_lr: float = 0.0
@@ -145,7 +145,7 @@ class TrainConfig:
     lora_text_batch: int = 2
     lora_lr: float = 1e-3
     lora_projector_lr: float = 3e-4
-    realign_steps: int = 100
+    realign_steps: int = 80
     realign_renders_per_concept: int = 16
     distill_batch: int = 4
     distill_weight: float = 2.0
