@@ -46,6 +46,27 @@ from taskvec.embedded.train import STAGES, TrainConfig, export, train  # noqa: E
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "taskvec" / "embedded" / "weights"
 
+# Earlier shipped recipes, newest first, as changes to the shipped one (``TrainConfig()``): v6 is the
+# shipped (v7) recipe with its settings, v5 is v6 with its own on top, and so on back to v1 / v0, so
+# every earlier recipe stays reproducible. Each becomes a flag ``--vN``: (what it was, its settings).
+_V6 = dict(vision_steps=1400, align_steps=140, realign_steps=100)
+_V5 = _V6 | dict(realign_steps=0, realign_renders_per_concept=0)
+_V4 = _V5 | dict(align_steps=90, align_vision_lr=5e-4)
+_V3 = _V4 | dict(renders_per_concept=32, read_steps=160, read_noise=0.0, align_steps=60, lora_steps=40, distill_batch=6)
+_V2 = _V3 | dict(renders_per_concept=24, read_steps=140, vision_steps=1200, lora_steps=50, templates=QA_CAPTION_TEMPLATES)
+EARLIER_RECIPES: dict[str, tuple[str, dict]] = {
+    "v6": ("the seventh shipped weights (1400 vision, 140 align and 100 realign steps)", _V6),
+    "v5": ("the sixth shipped weights (no realign stage)", _V5),
+    "v4": ("the fifth shipped weights (the encoder trained in the align stage too)", _V4),
+    "v3": ("the fourth shipped weights (no noise on the codes in the read stage)", _V3),
+    "v2": ("the third shipped weights (40%% of captions in the Q:/A: format)", _V2),
+    "v1": ("the second shipped weights (no read stage: name-anchored encoder first)",
+           _V2 | dict(read_steps=0, align_steps=200, align_lr=5e-3)),
+    "v0": ("the first shipped weights (frozen LM in stage 2, no distillation)",
+           _V2 | dict(read_steps=0, vision_steps=2000, align_steps=200, align_batch=48, align_lr=3e-3, align_lora=False,
+                      align_text_batch=4, lora_steps=100, lora_text_batch=8, distill_batch=0)),
+}
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,20 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: all cores; on a machine shared with other jobs, 1 can be faster)")
     ap.add_argument("--quick", action="store_true", help="a few steps of each stage on 40 classes (smoke test)")
-    ap.add_argument("--v0", action="store_true",
-                    help="the recipe of the first shipped weights (frozen LM in stage 2, no distillation; docs/embedded-vlm.md)")
-    ap.add_argument("--v6", action="store_true",
-                    help="the recipe of the seventh shipped weights (1400 vision, 140 align and 100 realign steps; docs/embedded-vlm.md)")
-    ap.add_argument("--v5", action="store_true",
-                    help="the recipe of the sixth shipped weights (no realign stage; docs/embedded-vlm.md)")
-    ap.add_argument("--v4", action="store_true",
-                    help="the recipe of the fifth shipped weights (the encoder trained in the align stage too; docs/embedded-vlm.md)")
-    ap.add_argument("--v3", action="store_true",
-                    help="the recipe of the fourth shipped weights (no noise on the codes in the read stage; docs/embedded-vlm.md)")
-    ap.add_argument("--v2", action="store_true",
-                    help="the recipe of the third shipped weights (40%% of captions in the Q:/A: format; docs/embedded-vlm.md)")
-    ap.add_argument("--v1", action="store_true",
-                    help="the recipe of the second shipped weights (no read stage: name-anchored encoder first; docs/embedded-vlm.md)")
+    earlier = ap.add_mutually_exclusive_group()
+    for name, (about, _) in EARLIER_RECIPES.items():
+        earlier.add_argument(f"--{name}", action="store_true", help=f"the recipe of {about}; docs/embedded-vlm.md")
     for stage in STAGES:
         ap.add_argument(f"--{stage}-steps", type=int, default=None)
     args = ap.parse_args(argv)
@@ -78,30 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     config = TrainConfig(seed=args.seed)
     concepts = training_concepts(args.n_extra, seed=args.seed)
-    if args.v0 + args.v1 + args.v2 + args.v3 + args.v4 + args.v5 + args.v6 > 1:
-        ap.error("--v0, --v1, --v2, --v3, --v4, --v5 and --v6 are different recipes: pick one")
-    # v6 is the shipped (v7) recipe with these settings; v5 is v6 with its own changes on top, v4 is
-    # v5 with its own, and so on back to v1 / v0, so every earlier recipe stays reproducible
-    v6 = dict(vision_steps=1400, align_steps=140, realign_steps=100)
-    v5 = v6 | dict(realign_steps=0, realign_renders_per_concept=0)
-    v4 = v5 | dict(align_steps=90, align_vision_lr=5e-4)
-    v3 = v4 | dict(renders_per_concept=32, read_steps=160, read_noise=0.0, align_steps=60, lora_steps=40, distill_batch=6)
-    v2 = v3 | dict(renders_per_concept=24, read_steps=140, vision_steps=1200, lora_steps=50, templates=QA_CAPTION_TEMPLATES)
-    if args.v6:
-        config = replace(config, **v6)
-    if args.v5:
-        config = replace(config, **v5)
-    if args.v4:
-        config = replace(config, **v4)
-    if args.v3:
-        config = replace(config, **v3)
-    if args.v2:
-        config = replace(config, **v2)
-    if args.v1:
-        config = replace(config, **v2 | dict(read_steps=0, align_steps=200, align_lr=5e-3))
-    if args.v0:
-        config = replace(config, **v2 | dict(read_steps=0, vision_steps=2000, align_steps=200, align_batch=48, align_lr=3e-3, align_lora=False, align_text_batch=4,
-                         lora_steps=100, lora_text_batch=8, distill_batch=0))
+    for name, (_, settings) in EARLIER_RECIPES.items():
+        if getattr(args, name):
+            config = replace(config, **settings)
     if args.quick:  # the recipe's stages, each a few steps long
         concepts = concepts[::len(concepts) // 40][:40]
         config = replace(config, renders_per_concept=4, read_steps=6 if config.read_steps else 0, read_batch=8, vision_steps=20,
