@@ -43,7 +43,7 @@ from taskvec.embedded.assemble import read_manifest  # noqa: E402
 from taskvec.embedded.codes import codes_as_image_features  # noqa: E402
 from taskvec.embedded.concepts import Concept  # noqa: E402
 from taskvec.embedded.data import CAPTION_PROMPT, from_uint8, render_pool  # noqa: E402
-from taskvec.render import render_emoji  # noqa: E402
+from taskvec.inputs.render import render_emoji  # noqa: E402
 
 GROUPS = ("flags", "animals", "foods")
 

@@ -41,7 +41,7 @@ from taskvec.embedded.assemble import read_manifest  # noqa: E402
 from taskvec.embedded.concepts import Concept  # noqa: E402
 from taskvec.embedded.data import CAPTION_PROMPT, render_augmented  # noqa: E402
 from taskvec.embedded.train import name_embeddings  # noqa: E402
-from taskvec.render import render_emoji  # noqa: E402
+from taskvec.inputs.render import render_emoji  # noqa: E402
 from taskvec.tasks import PAPER_TASKS, get_task  # noqa: E402
 
 #: Seed offset of the held-out renders: training draws its renders from ``random.Random(seed)``.

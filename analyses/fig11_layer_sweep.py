@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import taskvec  # noqa: E402
-from taskvec.evaluation import baselines  # noqa: E402
+from taskvec.experiments.cross_modal import baselines  # noqa: E402
 from _common import experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_table  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import taskvec  # noqa: E402
-from taskvec.evaluation import Store, pairs, score, zero_shot  # noqa: E402
+from taskvec.experiments.cross_modal import Store, pairs, score, zero_shot  # noqa: E402
 from _common import experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_table  # noqa: E402
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import taskvec  # noqa: E402
-from taskvec.stv import top_heads  # noqa: E402
+from taskvec.methods.stv import top_heads  # noqa: E402
 from _common import DEFAULT_LLM, RESULTS, experiment_parser, save_figure, tasks_from, write_json  # noqa: E402
 
 REDUCES = {"mean_norm": "mean ‖Δ‖₂", "norm_mean": "‖mean Δ‖₂"}

@@ -12,7 +12,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import taskvec  # noqa: E402
-from taskvec.evaluation import pairs  # noqa: E402
+from taskvec.experiments.cross_modal import pairs  # noqa: E402
 from _common import experiment_parser, load_model, setting_from, tasks_from, write_table  # noqa: E402
 
 

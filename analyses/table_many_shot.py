@@ -30,10 +30,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import taskvec  # noqa: E402
-from taskvec.evaluation import Store  # noqa: E402
-from taskvec.mimic import fit_mimic  # noqa: E402
-from taskvec.mtv import fit_mtv  # noqa: E402
-from taskvec.stv import fit_stv  # noqa: E402
+from taskvec.experiments.cross_modal import Store  # noqa: E402
+from taskvec.interventions.mimic import fit_mimic  # noqa: E402
+from taskvec.methods.mtv import fit_mtv  # noqa: E402
+from taskvec.methods.stv import fit_stv  # noqa: E402
 from taskvec.tasks import get_task  # noqa: E402
 from _common import (DEFAULT_LLM, DEFAULT_VLM, RESULTS, bar_figure, experiment_parser, save_figure, store_for,  # noqa: E402
                      tasks_from, write_json, write_table)

@@ -10,24 +10,24 @@ The whole public API, in the order a study uses it::
     taskvec.accuracy(preds, [p.label for p in prompts])
 """
 
-from .architectures import ARCHITECTURES, Architecture
+from .models.architectures import ARCHITECTURES, Architecture
 from .errors import TaskvecError
-from .inference import first_token_logits, predict
-from .evaluation import Setting, transfer_experiment, wide_table
-from .lens import LensResult, PhaseResult, decode, lens, residuals_at
-from .loading import DEFAULT_MODEL, EMBEDDED, list_models, load
-from .metric import accuracy, is_correct, majority
-from .model import Batch, Model
-from .heads import HeadFit, HeadIntervention, head_activations, read_heads, write_heads
-from .mimic import MimIC, fit_mimic
-from .mtv import fit_mtv, mtv_means
-from .stv import Deltas, activation_deltas, delta_heatmap, fit_stv
-from .patching import best_layer, layer_sweep, patch_generate, patch_predict
-from .prompts import GENERIC, IMAGE, Prompt, Template, chat_template, icl_prompt, instruction_prompt, sample_icl_prompts, zero_shot
+from .interventions.run import first_token_logits, predict
+from .experiments.cross_modal import Setting, transfer_experiment, wide_table
+from .methods.lens import LensResult, PhaseResult, decode, lens, residuals_at
+from .models.loading import DEFAULT_MODEL, EMBEDDED, list_models, load
+from .inputs.metric import accuracy, is_correct, majority
+from .models.model import Batch, Model
+from .sites.heads import HeadFit, HeadIntervention, head_activations, read_heads, write_heads
+from .interventions.mimic import MimIC, fit_mimic
+from .methods.mtv import fit_mtv, mtv_means
+from .methods.stv import Deltas, activation_deltas, delta_heatmap, fit_stv
+from .methods.patching import best_layer, layer_sweep, patch_generate, patch_predict
+from .inputs.prompts import GENERIC, IMAGE, Prompt, Template, chat_template, icl_prompt, instruction_prompt, sample_icl_prompts, zero_shot
 
 from .tasks import PAPER_TASKS, TEXT_TASKS, Task, get_task, list_tasks, load_task
-from .tsne import TSNEResult, tsne
-from .vectors import TaskVector, ensemble, extract_icl, extract_instruction, read_residuals
+from .methods.tsne import TSNEResult, tsne
+from .methods.vectors import TaskVector, ensemble, extract_icl, extract_instruction, read_residuals
 
 __version__ = "0.1.0"
 

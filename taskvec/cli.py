@@ -19,7 +19,7 @@ EPILOG = """examples:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .experiments.demo import run_demo
 
     run_demo(args.model, args.task, vlm_name=args.vlm or None, n_queries=args.n, n_shots=args.shots, seed=args.seed,
              out=args.out)
@@ -27,8 +27,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .architectures import ARCHITECTURES
-    from .loading import list_models
+    from .models.architectures import ARCHITECTURES
+    from .models.loading import list_models
 
     print("embedded models (no download needed):")
     for m in list_models():
@@ -40,8 +40,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_lens(args: argparse.Namespace) -> int:
-    from .lens import lens
-    from .loading import load
+    from .methods.lens import lens
+    from .models.loading import load
 
     model = load(args.model)
     prompts = [p.encode().decode("unicode_escape") for p in args.prompts]
@@ -62,9 +62,9 @@ def _task(name: str):  # noqa: ANN202
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from .evaluation import pairs
-    from .loading import load
-    from .vectors import extract_icl, extract_instruction
+    from .experiments.cross_modal import pairs
+    from .models.loading import load
+    from .methods.vectors import extract_icl, extract_instruction
 
     model = load(args.model)
     task = _task(args.task)
@@ -80,12 +80,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_patch(args: argparse.Namespace) -> int:
-    from .evaluation import pairs, zero_shot
-    from .inference import predict
-    from .loading import load
-    from .metric import accuracy
-    from .patching import best_layer, layer_sweep, patch_predict
-    from .vectors import TaskVector
+    from .experiments.cross_modal import pairs, zero_shot
+    from .interventions.run import predict
+    from .models.loading import load
+    from .inputs.metric import accuracy
+    from .methods.patching import best_layer, layer_sweep, patch_predict
+    from .methods.vectors import TaskVector
 
     vec = TaskVector.load(args.vector)
     model = load(args.model or vec.model_name)

@@ -1,7 +1,7 @@
 """Every supported architecture, end to end through its adapter row, on tiny random instances.
 
 Each model is a real transformers class with its real processor class, built offline by
-:func:`taskvec.tiny.build_tiny`, saved with ``save_pretrained`` and loaded with ``taskvec.load``
+:func:`taskvec.models.tiny.build_tiny`, saved with ``save_pretrained`` and loaded with ``taskvec.load``
 exactly as a hub id would be. Checks: (a) layer outputs equal transformers' own hidden states,
 (b) head inputs have the per-head width, (c) delimiters are found after image-token expansion
 and left padding, (d) the lens and patching run and agree with the model's own logits; plus the
@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 import taskvec
-from taskvec.architectures import ARCHITECTURES, resolve
-from taskvec.patching import cached_patched_logits, patched_logits, prefix_cache
-from taskvec.positions import marker_ids
-from taskvec.tiny import RECIPES, build_tiny
+from taskvec.models.architectures import ARCHITECTURES, resolve
+from taskvec.methods.patching import cached_patched_logits, patched_logits, prefix_cache
+from taskvec.inputs.positions import marker_ids
+from taskvec.models.tiny import RECIPES, build_tiny
 
 TEXT = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"]
 VLM = ["llava", "llava_next", "idefics2", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "gemma3", "fuyu"]
@@ -202,7 +202,7 @@ def test_image_only_processor_without_torchvision():
     stand-in is the real processor class minus that one attribute."""
     from transformers import LlavaProcessor, Qwen2VLProcessor
 
-    from taskvec.loading import processor_class_for
+    from taskvec.models.loading import processor_class_for
 
     image_only = processor_class_for("qwen2_vl", need_video=False)
     assert issubclass(image_only, Qwen2VLProcessor) and image_only is not Qwen2VLProcessor

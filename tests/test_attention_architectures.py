@@ -1,6 +1,6 @@
 """MimIC's rebuilt attention logits on every supported architecture (tiny random instances).
 
-For each architecture row: ``softmax(scores) @ V`` from :func:`taskvec.attention.attention_logits`
+For each architecture row: ``softmax(scores) @ V`` from :func:`taskvec.sites.attention.attention_logits`
 equals the attention output that enters the output projection (left-padded batch, with and
 without the cache), and a MimIC with random parameters generates the same tokens with the cache
 as with full recomputation. Architectures whose logits cannot be rebuilt get a clear error.
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import taskvec
-from taskvec.architectures import resolve
-from taskvec.attention import attention_logits
-from taskvec.heads import split_heads
-from taskvec.mimic import MimIC
-from taskvec.model import Batch
-from taskvec.tiny import build_tiny
+from taskvec.models.architectures import resolve
+from taskvec.sites.attention import attention_logits
+from taskvec.sites.heads import split_heads
+from taskvec.interventions.mimic import MimIC
+from taskvec.models.model import Batch
+from taskvec.models.tiny import build_tiny
 
 SUPPORTED = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "llava", "llava_next",
              "idefics2", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "gemma3"]

@@ -15,7 +15,7 @@ from taskvec.embedded.concepts import Concept, extra_concepts, merge_identical, 
 from taskvec.embedded.data import CAPTION_PROMPT, CAPTION_TEMPLATES, caption_batch, render_augmented, render_pool
 from taskvec.embedded.spec import VLMSpec, vlm_processor, vlm_tokenizer
 from taskvec.embedded.train import TrainConfig, TrainResult, train
-from taskvec.loading import converted_dir
+from taskvec.models.loading import converted_dir
 from taskvec.tasks import PAPER_TASKS, get_task
 
 
@@ -389,7 +389,7 @@ def test_frozen_lm_in_bfloat16_changes_no_number():
     from taskvec.embedded.lora import add_lora
     from taskvec.embedded.spec import vlm_processor, vlm_tokenizer
     from taskvec.embedded.train import _caption_loss, _frozen_lm_to_bf16
-    from taskvec.loading import converted_dir
+    from taskvec.models.loading import converted_dir
 
     base = converted_dir("gemma-3-270m")
     tokenizer = vlm_tokenizer(base)
@@ -503,7 +503,7 @@ def test_read_stage_teaches_codes_and_the_encoder_lands_on_them(tmp_path):
     assert again.losses["read"] == read and all(torch.equal(again.state["vision"][k], v) for k, v in result.state["vision"].items())
     # the codes replace the vision tower's output inside the block, and only there
     from taskvec.embedded.assemble import build_model
-    from taskvec.loading import converted_dir
+    from taskvec.models.loading import converted_dir
 
     model = build_model(converted_dir("gemma-3-270m"), TINY_SPEC)
     pix = torch.zeros(2, 3, TINY_SPEC.image_size, TINY_SPEC.image_size)

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import taskvec
-from taskvec.attention import attention_logits
-from taskvec.heads import (HeadIntervention, head_activations, merge_heads, positions, read_heads,
+from taskvec.sites.attention import attention_logits
+from taskvec.sites.heads import (HeadIntervention, head_activations, merge_heads, positions, read_heads,
                            replaced_logits, split_heads, write_heads)
-from taskvec.reinforce import BernoulliPolicy, CategoricalPolicy, normalized_advantages, reinforce
-from taskvec.targets import answer_ids, first_answer_ids
-from taskvec.trials import icl_trials
+from taskvec.methods.reinforce import BernoulliPolicy, CategoricalPolicy, normalized_advantages, reinforce
+from taskvec.methods.answers import answer_ids, first_answer_ids
+from taskvec.inputs.trials import icl_trials
 
 QUERIES = [taskvec.icl_prompt([], "France", label="Paris"), taskvec.icl_prompt([], "Japan is nice", label="Tokyo")]
 

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 import taskvec
-from taskvec.loading import converted_dir
+from taskvec.models.loading import converted_dir
 
 
 def test_embedded_gemma_facts(gemma):
@@ -90,7 +90,7 @@ def test_cli_extract_then_patch(tmp_path):
 
 @pytest.mark.slow
 def test_demo_llm_part_writes_a_report(tmp_path):
-    from taskvec.demo import run_demo
+    from taskvec.experiments.demo import run_demo
 
     out = run_demo(vlm_name=None, n_queries=12, out=tmp_path / "demo.html", progress=False)
     icl = out["icl"].set_index("setting").accuracy

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import taskvec
-from taskvec.attention import attention_logits
-from taskvec.heads import head_activations, merge_heads, split_heads
-from taskvec.mimic import MimIC, fit_mimic
-from taskvec.model import Batch
-from taskvec.mtv import fit_mtv, mtv_means
-from taskvec.stv import activation_deltas, cluster_bank, delta_heatmap, fit_stv, top_heads
+from taskvec.sites.attention import attention_logits
+from taskvec.sites.heads import head_activations, merge_heads, split_heads
+from taskvec.interventions.mimic import MimIC, fit_mimic
+from taskvec.models.model import Batch
+from taskvec.methods.mtv import fit_mtv, mtv_means
+from taskvec.methods.stv import activation_deltas, cluster_bank, delta_heatmap, fit_stv, top_heads
 from taskvec.tasks import get_task
-from taskvec.trials import icl_trials
+from taskvec.inputs.trials import icl_trials
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import taskvec
-from taskvec.positions import delimiter_positions, find_subsequence_ends, marker_ids
-from taskvec.prompts import GEMMA_CHAT_TEMPLATE
+from taskvec.inputs.positions import delimiter_positions, find_subsequence_ends, marker_ids
+from taskvec.inputs.prompts import GEMMA_CHAT_TEMPLATE
 
 
 def test_generic_template_text():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import taskvec
-from taskvec.render import has_glyph, render_emoji
+from taskvec.inputs.render import has_glyph, render_emoji
 from taskvec.tasks import DATA_DIR, PAPER_TASKS, TEXT_TASKS, dumps_task, get_task, list_tasks, load_task, save_task
 
 INSTRUCTIONS = {  # design.md section 2 (the paper's Table 1)

@@ -8,7 +8,7 @@ import torch
 
 import taskvec
 from conftest import CAPITALS
-from taskvec.patching import cached_patched_logits, patched_logits, prefix_cache
+from taskvec.methods.patching import cached_patched_logits, patched_logits, prefix_cache
 
 MORE = [("Chile", "Santiago"), ("Greece", "Athens"), ("Cuba", "Havana"), ("Poland", "Warsaw"),
         ("Iran", "Tehran"), ("Iraq", "Baghdad"), ("Austria", "Vienna"), ("Portugal", "Lisbon")]

@@ -6,7 +6,7 @@ country-capital), with the same number of trials T (default 100):
 - STV location search: head outputs of T few-shot prompts and of their T queries alone, deltas
   per head (:func:`taskvec.activation_deltas`);
 - MTV location search: REINFORCE over a Bernoulli mask per head with the package defaults
-  (:func:`taskvec.mtv.mtv_search`, 200 steps of 32 masks), on means from T trials (the means
+  (:func:`taskvec.methods.mtv.mtv_search`, 200 steps of 32 masks), on means from T trials (the means
   are timed separately and not counted as location search);
 - peak resident memory above the level before each stage (sampled every 5 ms);
 - inference: the fitted MTV and STV interventions and a MimIC (gates initialised, random shifts:
@@ -33,11 +33,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import taskvec  # noqa: E402
-from taskvec.heads import HeadIntervention  # noqa: E402
-from taskvec.mimic import MimIC, init_gates  # noqa: E402
-from taskvec.mtv import mtv_means, mtv_search, mtv_select  # noqa: E402
-from taskvec.stv import activation_deltas, cluster_bank, top_heads  # noqa: E402
-from taskvec.trials import split_pairs  # noqa: E402
+from taskvec.sites.heads import HeadIntervention  # noqa: E402
+from taskvec.interventions.mimic import MimIC, init_gates  # noqa: E402
+from taskvec.methods.mtv import mtv_means, mtv_search, mtv_select  # noqa: E402
+from taskvec.methods.stv import activation_deltas, cluster_bank, top_heads  # noqa: E402
+from taskvec.inputs.trials import split_pairs  # noqa: E402
 from _common import write_json  # noqa: E402
 
 

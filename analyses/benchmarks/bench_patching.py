@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import taskvec  # noqa: E402
-from taskvec.patching import patched_logits  # noqa: E402
+from taskvec.methods.patching import patched_logits  # noqa: E402
 from _common import write_json  # noqa: E402
 
 

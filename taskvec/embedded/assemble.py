@@ -67,7 +67,7 @@ def build_model(
     """A ``Gemma3ForConditionalGeneration`` whose language model is the base LLM's weights.
 
     Args:
-        base_dir: converted base LLM folder (``taskvec.loading.converted_dir("gemma-3-270m")``).
+        base_dir: converted base LLM folder (``taskvec.models.loading.converted_dir("gemma-3-270m")``).
         spec: the sizes.
         vision_state: ``model.vision_tower.*`` / ``model.multi_modal_projector.*`` weights; ``None``
             keeps a fresh initialisation (what training starts from).

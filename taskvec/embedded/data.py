@@ -1,6 +1,6 @@
 """Training and evaluation data of the embedded VLM: augmented OpenMoji renders and caption prompts.
 
-Every image is drawn by :func:`taskvec.render.render_emoji` with random size, scale, shift,
+Every image is drawn by :func:`taskvec.inputs.render.render_emoji` with random size, scale, shift,
 rotation, background colour and colour jitter, then preprocessed by the model's own
 ``Gemma3Processor`` image processor. Captions are short prompts in which the image is followed
 by its name; the loss is taken on the name only.
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..prompts import Template
+from ..inputs.prompts import Template
 from .concepts import Concept
 
 #: Caption prompts: (text before the name with ``{image}`` where the image goes, text of the target,
@@ -75,7 +75,7 @@ class RenderDraw:
     Attributes:
         size: render size in pixels.
         background: RGB background colour.
-        scale, offset, rotate: as in :func:`taskvec.render.render_emoji`.
+        scale, offset, rotate: as in :func:`taskvec.inputs.render.render_emoji`.
         enhance: brightness, contrast and saturation factors, in that order.
     """
 
@@ -116,7 +116,7 @@ def render_with(emoji: str, draw: RenderDraw) -> Any:
     """
     from PIL import ImageEnhance
 
-    from ..render import render_emoji
+    from ..inputs.render import render_emoji
 
     img = render_emoji(emoji, draw.size, background=draw.background, scale=draw.scale, offset=draw.offset,
                        rotate=draw.rotate)

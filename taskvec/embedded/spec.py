@@ -128,7 +128,7 @@ def vlm_tokenizer(base_dir: Any) -> Any:
     """The base LLM's tokenizer with Gemma-3's three image tokens registered.
 
     Example:
-        >>> from taskvec.loading import converted_dir      # doctest: +SKIP
+        >>> from taskvec.models.loading import converted_dir      # doctest: +SKIP
         >>> vlm_tokenizer(converted_dir("gemma-3-270m")).image_token_id   # doctest: +SKIP
         262144
     """

@@ -373,7 +373,7 @@ def train(
         config: the recipe.
         work_dir: folder for the render pool, sampled text and the resumable checkpoint
             (``None``: keep nothing, no resume).
-        base_dir: converted base LLM (default: ``taskvec.loading.converted_dir("gemma-3-270m")``).
+        base_dir: converted base LLM (default: ``taskvec.models.loading.converted_dir("gemma-3-270m")``).
         progress: show tqdm bars.
         stages: which of :data:`STAGES` to run, in that order (tests run fewer).
         on_step: called as ``on_step(stage, step, loss)`` after every step.
@@ -397,7 +397,7 @@ def train(
     if len(concepts) < 2:
         raise TaskvecError("training needs at least two concepts to tell apart")
     if base_dir is None:
-        from ..loading import converted_dir
+        from ..models.loading import converted_dir
 
         base_dir = converted_dir(BASE_LLM)
     base_dir = Path(base_dir)

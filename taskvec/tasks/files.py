@@ -263,7 +263,7 @@ def _check_emoji(p: Path, where: str, emoji: str, *, render: bool) -> None:
         raise TaskvecError(f"{p}, {where}, field 'emoji': {emoji!r} is not an emoji: give the emoji character "
                            "itself (e.g. 🐺, or a flag's two regional indicators 🇫🇷), or leave it empty")
     if render:
-        from ..render import render_emoji
+        from ..inputs.render import render_emoji
 
         try:
             render_emoji(emoji, 32)

@@ -115,7 +115,7 @@ class Task:
         items = self.select(split, modality, emoji_only=emoji_only)
         if modality == "text":
             return [(it.input, it.output) for it in items]
-        from ..render import render_emoji
+        from ..inputs.render import render_emoji
 
         return [(render_emoji(it.emoji, image_size), it.output) for it in items]  # type: ignore[arg-type]
 

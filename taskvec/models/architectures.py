@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import Any, Callable
 
-from .errors import TaskvecError
+from ..errors import TaskvecError
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Architecture:
             transformers bug (``None``: nothing to fix).
         is_vlm: the model takes images.
         cached_sweep: a prompt's last token can be run alone on the cached keys and values of
-            the rest (the fast layer sweep, :func:`taskvec.patching.prefix_cache`). Not on
+            the rest (the fast layer sweep, :func:`taskvec.methods.patching.prefix_cache`). Not on
             Qwen2-VL: its multimodal rotary positions are computed from the whole sequence and kept
             on the model between calls (``rope_deltas``), so a last token run alone would get the
             positions of an earlier batch; there the sweep runs full forwards.
@@ -152,7 +152,7 @@ def architecture_for(config: Any) -> Architecture:
     if model_type not in ARCHITECTURES:
         raise TaskvecError(
             f"architecture {model_type!r} is not supported yet. Supported: {', '.join(sorted(ARCHITECTURES))}. "
-            "Add one row to taskvec/architectures.py:ARCHITECTURES (see docs/adding-an-architecture.md)."
+            "Add one row to taskvec/models/architectures.py:ARCHITECTURES (see docs/adding-an-architecture.md)."
         )
     return ARCHITECTURES[model_type]
 
@@ -170,5 +170,5 @@ def resolve(root: Any, path: str) -> Any:
     except (AttributeError, IndexError) as err:
         raise TaskvecError(
             f"the model has no module at {path!r} ({err}); the architecture table row is wrong for this "
-            "transformers version: fix taskvec/architectures.py"
+            "transformers version: fix taskvec/models/architectures.py"
         ) from err

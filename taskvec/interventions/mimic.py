@@ -9,7 +9,7 @@ For every layer and head, after attention and before the output projection::
 
 ``v``, ``w`` (``[n_layers, n_heads, d_head]``) and ``b`` (``[n_layers, n_heads]``) are the only
 trainable parameters (37k for Gemma-3-270m). It is an nnsight intervention: the query and logits
-come from :func:`taskvec.attention.attention_logits` (the model's own norms, rotary embedding,
+come from :func:`taskvec.sites.attention.attention_logits` (the model's own norms, rotary embedding,
 mask), the shift is written into the output projection's input; gradients flow through the trace
 into the parameters (the model's weights are frozen while training).
 
@@ -32,13 +32,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .attention import attention_logits, check_supported
-from .batching import batches
-from .errors import TaskvecError
-from .heads import _files, _stem, merge_heads
-from .model import Batch, Model
-from .prompts import GENERIC, Prompt, Template, icl_prompt
-from .targets import answer_ids
+from ..sites.attention import attention_logits, check_supported
+from ..inputs.batching import batches
+from ..errors import TaskvecError
+from ..sites.heads import _files, _stem, merge_heads
+from ..models.model import Batch, Model
+from ..inputs.prompts import GENERIC, Prompt, Template, icl_prompt
+from ..methods.answers import answer_ids
 
 
 class MimIC(torch.nn.Module):

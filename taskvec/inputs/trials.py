@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
-from .errors import TaskvecError
+from ..errors import TaskvecError
 from .prompts import GENERIC, Prompt, Template, sample_icl_prompts, zero_shot
 
 

@@ -9,9 +9,9 @@ from typing import Any, Sequence
 import torch
 
 from .architectures import Architecture, resolve
-from .errors import TaskvecError
-from .positions import delimiter_positions, marker_ids
-from .prompts import GENERIC, IMAGE, Prompt, Template
+from ..errors import TaskvecError
+from ..inputs.positions import delimiter_positions, marker_ids
+from ..inputs.prompts import GENERIC, IMAGE, Prompt, Template
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Model:
         nn: the ``nnsight.TransformersModel`` wrapping ``hf``; trace through it.
         tokenizer: the tokenizer (for a VLM, the processor's tokenizer).
         processor: the multimodal processor, or ``None`` for a text-only model.
-        arch: the :class:`~taskvec.architectures.Architecture` row.
+        arch: the :class:`~taskvec.models.architectures.Architecture` row.
         remote: run traces on NDIF (nnsight's remote execution) instead of locally.
         weights: what exactly was loaded: an embedded model's built folder (its name carries a
             digest of the shipped files), a local folder's absolute path, or the hub id with its

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .errors import TaskvecError
+from ..errors import TaskvecError
 
 
 def normalized_advantages(rewards: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:

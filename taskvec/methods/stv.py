@@ -24,13 +24,13 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from .errors import TaskvecError
-from .heads import HeadFit, HeadIntervention, head_activations, replaced_logits
-from .model import Model
-from .prompts import GENERIC, Prompt, Template, zero_shot
+from ..errors import TaskvecError
+from ..sites.heads import HeadFit, HeadIntervention, head_activations, replaced_logits
+from ..models.model import Model
+from ..inputs.prompts import GENERIC, Prompt, Template, zero_shot
 from .reinforce import CategoricalPolicy, first_token_reward, reinforce
-from .targets import RepeatedQueries
-from .trials import cyclic_order, icl_trials
+from .answers import RepeatedQueries
+from ..inputs.trials import cyclic_order, icl_trials
 
 
 @dataclass
@@ -303,7 +303,7 @@ def fit_stv(
     """Deltas, top-K heads, cluster bank, REINFORCE over clusters, argmax insertion.
 
     Returns:
-        :class:`~taskvec.heads.HeadFit`; ``timings`` has ``location_search`` (the deltas),
+        :class:`~taskvec.sites.heads.HeadFit`; ``timings`` has ``location_search`` (the deltas),
         ``bank`` and ``policy``; ``details`` has ``deltas`` (:class:`Deltas`), ``bank``
         ``[K, M, d_head]``, ``probs`` ``[K, M]`` and ``choice`` ``[K]``.
 

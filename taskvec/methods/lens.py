@@ -15,10 +15,10 @@ import nnsight
 import pandas as pd
 import torch
 
-from .batching import batches
-from .errors import TaskvecError
-from .model import Model
-from .prompts import Prompt
+from ..inputs.batching import batches
+from ..errors import TaskvecError
+from ..models.model import Model
+from ..inputs.prompts import Prompt
 
 TokenSpec = Sequence[str | int]
 

@@ -15,10 +15,10 @@ from typing import Any, Sequence
 import nnsight
 import torch
 
-from .batching import batches
-from .errors import TaskvecError
-from .model import Model
-from .prompts import GENERIC, Prompt, Template, instruction_prompt, sample_icl_prompts
+from ..inputs.batching import batches
+from ..errors import TaskvecError
+from ..models.model import Model
+from ..inputs.prompts import GENERIC, Prompt, Template, instruction_prompt, sample_icl_prompts
 
 SPECS = ("text-icl", "image-icl", "instruction", "ensemble", "custom")
 

@@ -6,7 +6,7 @@ from typing import Iterator, Sequence, TypeVar
 
 from tqdm.auto import tqdm
 
-from .errors import TaskvecError
+from ..errors import TaskvecError
 
 T = TypeVar("T")
 

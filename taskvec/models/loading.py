@@ -14,10 +14,10 @@ from typing import Any, Callable
 import torch
 
 from .architectures import architecture_for
-from .cache import cache_dir
-from .errors import TaskvecError
+from ..cache import cache_dir
+from ..errors import TaskvecError
 from .model import Model
-from .prompts import GEMMA_CHAT_TEMPLATE
+from ..inputs.prompts import GEMMA_CHAT_TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,13 @@ def _smollm2_gguf() -> Path:
 
 
 def _vlm_weights() -> Path:
-    from .embedded.assemble import weights_dir
+    from ..embedded.assemble import weights_dir
 
     return weights_dir()
 
 
 def _build_vlm(base_dir: Path, shipped: Path, out_dir: Path) -> Path:
-    from .embedded.assemble import assemble
+    from ..embedded.assemble import assemble
 
     return assemble(base_dir, shipped, out_dir)
 
@@ -215,7 +215,7 @@ def _built_dir(spec: Embedded) -> Path:
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
     if spec.base is None or spec.build is None:
-        raise TaskvecError(f"embedded model {spec.name!r} has a build step but no base model: fix taskvec/loading.py")
+        raise TaskvecError(f"embedded model {spec.name!r} has a build step but no base model: fix taskvec/models/loading.py")
     base = converted_dir(spec.base)
     t0 = time.time()
     print(f"taskvec: assembling {spec.name} from {spec.base} and {shipped} in {target} (once)...", flush=True)

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from .architectures import resolve
-from .errors import TaskvecError
-from .model import Model
+from ..models.architectures import resolve
+from ..errors import TaskvecError
+from ..models.model import Model
 
 
 @dataclass
@@ -52,7 +52,7 @@ def check_supported(model: Model) -> None:
     if arch.q_proj == arch.k_proj:
         raise TaskvecError(
             f"{model.name} fuses the query/key/value projections ({arch.q_proj}); MimIC needs separate "
-            "q_proj and k_proj: pick a model with separate projections, or add the split to taskvec/attention.py"
+            "q_proj and k_proj: pick a model with separate projections, or add the split to taskvec/sites/attention.py"
         )
     attn = resolve(model.layer(0, traced=False), arch.attention)
     if _rotary(attn) is None:

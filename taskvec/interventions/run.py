@@ -6,9 +6,9 @@ from typing import Sequence
 
 import torch
 
-from .batching import batches
-from .model import Model
-from .prompts import Prompt
+from ..inputs.batching import batches
+from ..models.model import Model
+from ..inputs.prompts import Prompt
 
 
 def first_token_logits(model: Model, prompts: Sequence[Prompt | str], *, batch_size: int = 16, progress: bool = True) -> torch.Tensor:

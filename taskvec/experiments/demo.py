@@ -22,12 +22,12 @@ from typing import Any
 
 import pandas as pd
 
-from .evaluation import Setting, task_vector, transfer_experiment, wide_table
-from .inference import predict
-from .lens import lens
-from .loading import DEFAULT_MODEL, load
-from .metric import accuracy
-from .prompts import sample_icl_prompts, zero_shot
+from .cross_modal import Setting, task_vector, transfer_experiment, wide_table
+from ..interventions.run import predict
+from ..methods.lens import lens
+from ..models.loading import DEFAULT_MODEL, load
+from ..inputs.metric import accuracy
+from ..inputs.prompts import sample_icl_prompts, zero_shot
 
 DEFAULT_VLM = "gemma-3-270m-vlm"
 
@@ -106,8 +106,8 @@ def write_report(path: Path, sections: list[tuple[str, pd.DataFrame | pd.Series 
 def _load_vlm(name: str) -> Any:
     """Load the demo's VLM; for the embedded one whose trained weights are not shipped in this
     checkout, say so and return ``None`` (the LLM part still runs). Any other failure raises."""
-    from .embedded.assemble import weights_dir
-    from .errors import TaskvecError
+    from ..embedded.assemble import weights_dir
+    from ..errors import TaskvecError
 
     if name == DEFAULT_VLM:
         try:
@@ -137,7 +137,7 @@ def run_demo(model_name: str = DEFAULT_MODEL, task_name: str = "country-capital"
     Example:
         >>> run_demo(n_queries=10, out="demo.html")     # doctest: +SKIP
     """
-    from .tasks import get_task
+    from ..tasks import get_task
 
     t0 = time.time()
     task = get_task(task_name)

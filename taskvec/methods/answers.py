@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import TaskvecError
-from .model import Model
-from .prompts import GENERIC, Template
+from ..errors import TaskvecError
+from ..models.model import Model
+from ..inputs.prompts import GENERIC, Template
 
 
 def answer_ids(model: Model, label: str, template: Template = GENERIC) -> list[int]:

@@ -21,11 +21,11 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from .batching import batches
-from .errors import TaskvecError
-from .metric import is_correct
-from .model import Batch, Model
-from .prompts import Prompt
+from ..inputs.batching import batches
+from ..errors import TaskvecError
+from ..inputs.metric import is_correct
+from ..models.model import Batch, Model
+from ..inputs.prompts import Prompt
 from .vectors import TaskVector
 
 MODES = ("replace", "add")

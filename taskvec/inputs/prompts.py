@@ -3,7 +3,7 @@
 A :class:`Prompt` is text plus the images it refers to. Images are written into the text as the
 sentinel :data:`IMAGE`; :meth:`taskvec.Model.encode` swaps it for the architecture's own image
 token, so the processor can expand it into however many embeddings the model uses. Positions are
-never computed here: they come from the processed ``input_ids`` (see :mod:`taskvec.positions`).
+never computed here: they come from the processed ``input_ids`` (see :mod:`taskvec.inputs.positions`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .errors import TaskvecError
+from ..errors import TaskvecError
 
 #: Stands for one image inside a prompt's text; replaced by the model's image token at encode time.
 IMAGE = "<taskvec:image>"

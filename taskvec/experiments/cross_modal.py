@@ -17,13 +17,13 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from .errors import TaskvecError
-from .inference import predict
-from .metric import is_correct, majority
-from .model import Model
-from .patching import best_layer, layer_sweep, patch_predict
-from .prompts import GENERIC, Prompt, Template, sample_icl_prompts, zero_shot
-from .vectors import TaskVector, extract_icl
+from ..errors import TaskvecError
+from ..interventions.run import predict
+from ..inputs.metric import is_correct, majority
+from ..models.model import Model
+from ..methods.patching import best_layer, layer_sweep, patch_predict
+from ..inputs.prompts import GENERIC, Prompt, Template, sample_icl_prompts, zero_shot
+from ..methods.vectors import TaskVector, extract_icl
 
 MODALITIES = ("text", "image")
 

@@ -24,14 +24,14 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from .errors import TaskvecError
-from .heads import HeadActivations, HeadFit, HeadIntervention, head_activations, replaced_logits
-from .metric import is_correct
-from .model import Model
-from .prompts import GENERIC, Prompt, Template, zero_shot
+from ..errors import TaskvecError
+from ..sites.heads import HeadActivations, HeadFit, HeadIntervention, head_activations, replaced_logits
+from ..inputs.metric import is_correct
+from ..models.model import Model
+from ..inputs.prompts import GENERIC, Prompt, Template, zero_shot
 from .reinforce import BernoulliPolicy, first_token_reward, reinforce
-from .targets import RepeatedQueries, first_answer_ids
-from .trials import cyclic_order, icl_trials, split_pairs
+from .answers import RepeatedQueries, first_answer_ids
+from ..inputs.trials import cyclic_order, icl_trials, split_pairs
 
 
 def mtv_means(
@@ -48,7 +48,7 @@ def mtv_means(
     """Mean head outputs at the last token of ``n_trials`` few-shot prompts (streaming).
 
     Returns:
-        :class:`~taskvec.heads.HeadActivations`; ``.mean`` is ``[n_layers, n_heads, d_head]``.
+        :class:`~taskvec.sites.heads.HeadActivations`; ``.mean`` is ``[n_layers, n_heads, d_head]``.
 
     Example:
         >>> mtv_means(m, task.pairs("val"), n_trials=100).mean.shape     # doctest: +SKIP
@@ -187,7 +187,7 @@ def fit_mtv(
             REINFORCE then does not see).
 
     Returns:
-        :class:`~taskvec.heads.HeadFit` with ``timings`` ``means``, ``location_search``,
+        :class:`~taskvec.sites.heads.HeadFit` with ``timings`` ``means``, ``location_search``,
         ``selection`` and ``details`` ``probs`` ``[n_layers, n_heads]`` and ``candidates``.
 
     Example:
