@@ -105,11 +105,24 @@ DEFAULT_MODEL = "gemma-3-270m"
 _CONVERSION_VERSION = "1"
 
 
+def conversion_dir(name: str) -> Path:
+    """The cache folder that :func:`converted_dir` de-quantises an embedded LLM's GGUF into.
+
+    Only the path: nothing is converted, and the folder may not hold a model yet (a model with a
+    build step, such as the VLM, is built into another folder by :func:`converted_dir`).
+
+    Example:
+        >>> conversion_dir("gemma-3-270m").name
+        'gemma-3-270m-v1'
+    """
+    return cache_dir("models") / f"{name}-v{_CONVERSION_VERSION}"
+
+
 def converted_dir(name: str) -> Path:
     """Directory of the de-quantised safetensors of an embedded model, converting it once.
 
     De-quantising the GGUF takes ~45 s; the result (fp32 safetensors + tokenizer) is written to
-    the cache atomically and reused by every later load.
+    the cache atomically (in :func:`conversion_dir`) and reused by every later load.
 
     Example:
         >>> converted_dir("gemma-3-270m").name    # doctest: +SKIP
@@ -118,7 +131,7 @@ def converted_dir(name: str) -> Path:
     spec = EMBEDDED[name]
     if spec.build is not None:
         return _built_dir(spec)
-    target = cache_dir("models") / f"{name}-v{_CONVERSION_VERSION}"
+    target = conversion_dir(name)
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
     gguf = spec.locate()

