@@ -10,13 +10,14 @@ import pytest
 import torch
 
 import taskvec
+from taskvec.embedded import CAPTION_PROMPT
 from taskvec.embedded.assemble import read_manifest
-from taskvec.embedded.concepts import Concept, extra_concepts, merge_identical, task_concepts
-from taskvec.embedded.data import CAPTION_PROMPT, CAPTION_TEMPLATES, caption_batch, render_augmented, render_pool
 from taskvec.embedded.spec import VLMSpec, vlm_processor, vlm_tokenizer
-from taskvec.embedded.train import TrainConfig, TrainResult, train
 from taskvec.models.loading import converted_dir
 from taskvec.tasks import PAPER_TASKS, get_task
+from vlm_recipe import TrainConfig, TrainResult, train
+from vlm_recipe.concepts import Concept, extra_concepts, merge_identical, task_concepts
+from vlm_recipe.data import CAPTION_TEMPLATES, caption_batch, render_augmented, render_pool
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +226,7 @@ def test_the_shipped_weights_are_the_default_recipe():
 def test_read_noise_keeps_codes_recognisable_and_trainable():
     """The read stage's noise has the asked norm, is reproducible, leaves the gradient to the codes,
     and at ratio 0 is no noise at all."""
-    from taskvec.embedded.codes import noisy_codes
+    from vlm_recipe.codes import noisy_codes
 
     codes = torch.randn(64, 256, requires_grad=True)
     a = noisy_codes(codes, 0.75, torch.Generator().manual_seed(1))
@@ -384,12 +385,12 @@ def test_frozen_lm_in_bfloat16_changes_no_number():
     """Storing the frozen LM's weights in bfloat16 (done once, to spare autocast a cast per call)
     gives bit for bit the caption and distillation losses and gradients of the float32 weights."""
     from taskvec.embedded.assemble import build_model
-    from taskvec.embedded.data import caption_batch
-    from taskvec.embedded.distill import icl_distill_loss
-    from taskvec.embedded.lora import add_lora
     from taskvec.embedded.spec import vlm_processor, vlm_tokenizer
-    from taskvec.embedded.train import _caption_loss, _frozen_lm_to_bf16
     from taskvec.models.loading import converted_dir
+    from vlm_recipe.data import caption_batch
+    from vlm_recipe.distill import icl_distill_loss
+    from vlm_recipe.lora import add_lora
+    from vlm_recipe.trainer import _caption_loss, _frozen_lm_to_bf16
 
     base = converted_dir("gemma-3-270m")
     tokenizer = vlm_tokenizer(base)
@@ -427,7 +428,7 @@ def test_distillation_starts_at_the_base_and_is_recorded(tmp_path):
 
 
 def test_synthetic_icl_prompts_follow_their_rules():
-    from taskvec.embedded.distill import SYNTHETIC_TASKS, synthetic_icl_prompt
+    from vlm_recipe.distill import SYNTHETIC_TASKS, synthetic_icl_prompt
 
     r = random.Random(0)
     x, y = SYNTHETIC_TASKS["upper"](r)
@@ -444,7 +445,7 @@ def test_synthetic_icl_prompts_follow_their_rules():
 
 
 def test_jitter_pixels_warps_reproducibly_within_range():
-    from taskvec.embedded.data import jitter_pixels
+    from vlm_recipe.data import jitter_pixels
 
     x = torch.rand(4, 3, 32, 32) * 2 - 1
     a = jitter_pixels(x, torch.Generator().manual_seed(1))
@@ -456,7 +457,7 @@ def test_jitter_pixels_warps_reproducibly_within_range():
 
 
 def test_name_anchored_head_learns_only_its_projection():
-    from taskvec.embedded.train import NameAnchoredHead
+    from vlm_recipe.trainer import NameAnchoredHead
 
     names = torch.randn(6, 640)
     head = NameAnchoredHead(names, 32)
@@ -471,7 +472,7 @@ def test_name_anchored_head_learns_only_its_projection():
 
 
 def test_code_head_pulls_features_onto_their_codes():
-    from taskvec.embedded.codes import CodeHead
+    from vlm_recipe.codes import CodeHead
 
     codes = torch.randn(5, 16)
     head = CodeHead(codes, pull=1.0)
@@ -487,7 +488,7 @@ def test_code_head_pulls_features_onto_their_codes():
 def test_read_stage_teaches_codes_and_the_encoder_lands_on_them(tmp_path):
     """The read stage lowers the caption loss on free codes; the vision stage then trains against
     those codes (its features' cosine to their own code rises), and a resumed run is identical."""
-    from taskvec.embedded.codes import CodeHead, codes_as_image_features
+    from vlm_recipe.codes import CodeHead, codes_as_image_features
 
     config = replace(TrainConfig(spec=TINY_SPEC), renders_per_concept=2, read_steps=12, read_batch=6, read_code_lr=0.2,
                      vision_steps=20, vision_batch=12, align_steps=0, lora_steps=0, warmup=0.0, align_text_batch=0,

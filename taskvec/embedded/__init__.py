@@ -3,8 +3,10 @@
 Its language model is the embedded Gemma-3-270m (lightly LoRA-tuned); its SigLIP vision tower
 and projector are trained in this project on OpenMoji renders, to caption images with their
 names (never on the six tasks). Only those trained weights ship (``weights/``, a few MB); the
-full model is assembled once in the user cache by ``taskvec.load("gemma-3-270m-vlm")``.
-See ``docs/embedded-vlm.md`` for the model card and ``analyses/train_embedded_vlm.py`` to retrain.
+full model is assembled once in the user cache by ``taskvec.load("gemma-3-270m-vlm")``. This
+package holds what loading needs (the model definition, the assembly, the merge of the shipped
+LM delta, the weights); the training recipe is not installed: it lives in ``vlm_recipe/`` of a
+source checkout (``python -m vlm_recipe`` retrains). See ``docs/embedded-vlm.md`` for the model card.
 
 Example:
     >>> import taskvec
@@ -17,13 +19,9 @@ Example:
 """
 
 from .assemble import assemble, build_model, read_manifest, weights_dir
-from .concepts import Concept, extra_concepts, task_concepts, training_concepts
-from .data import CAPTION_PROMPT
-from .spec import BASE_LLM, VLM_NAME, VLMSpec, vlm_config, vlm_processor, vlm_tokenizer
-from .train import TrainConfig, TrainResult, export, train
+from .spec import BASE_LLM, CAPTION_PROMPT, VLM_NAME, VLMSpec, vlm_config, vlm_processor, vlm_tokenizer
 
 __all__ = [
-    "assemble", "BASE_LLM", "build_model", "CAPTION_PROMPT", "Concept", "export", "extra_concepts", "read_manifest",
-    "task_concepts", "train", "TrainConfig", "training_concepts", "TrainResult", "VLM_NAME", "VLMSpec",
+    "assemble", "BASE_LLM", "build_model", "CAPTION_PROMPT", "read_manifest", "VLM_NAME", "VLMSpec",
     "vlm_config", "vlm_processor", "vlm_tokenizer", "weights_dir",
 ]

@@ -40,7 +40,7 @@ def weights_dir() -> Path:
     if missing:
         raise TaskvecError(
             f"the embedded VLM's trained weights are missing from {folder} ({', '.join(missing)}): "
-            "reinstall taskvec, or train them with `python analyses/train_embedded_vlm.py` (about 30 min on 2 CPU cores)"
+            "reinstall taskvec, or train them in a source checkout with `python -m vlm_recipe` (about 30 min on 2 CPU cores)"
         )
     return folder
 
@@ -71,7 +71,7 @@ def build_model(
         spec: the sizes.
         vision_state: ``model.vision_tower.*`` / ``model.multi_modal_projector.*`` weights; ``None``
             keeps a fresh initialisation (what training starts from).
-        lora_state: a low-rank LM delta to merge (see :mod:`taskvec.embedded.lora`).
+        lora_state: a low-rank LM delta to merge (see :func:`taskvec.embedded.lora.merge_lora`).
         dtype: weight dtype of the result.
 
     Returns:

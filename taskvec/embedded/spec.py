@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..inputs.prompts import Template
+
 #: ``taskvec.load`` name of the embedded VLM.
 VLM_NAME = "gemma-3-270m-vlm"
 #: The embedded LLM the VLM's language model starts from.
@@ -23,6 +25,11 @@ BASE_LLM = "gemma-3-270m"
 #: embedding matrix, exactly as in the released Gemma-3 VLMs: ``Gemma3Model`` masks ids at or
 #: above ``vocab_size`` before the embedding lookup and scatters image features there instead.
 IMAGE_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+
+#: The captioning prompt the VLM was trained on, as a :class:`taskvec.Template` (the first caption
+#: format of the training recipe): ``taskvec.zero_shot(pairs, template=CAPTION_PROMPT)`` asks the
+#: embedded VLM to name each image.
+CAPTION_PROMPT = Template(name="caption", demo="Image:{x}Name:{y}\n\n", query="Image:{x}Name:", marker="Name:")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Training and evaluation data of the embedded VLM: augmented OpenMoji renders and caption prompts.
+"""Training data of the embedded VLM: augmented OpenMoji renders and caption prompts.
 
 Every image is drawn by :func:`taskvec.inputs.render.render_emoji` with random size, scale, shift,
 rotation, background colour and colour jitter, then preprocessed by the model's own
@@ -16,14 +16,13 @@ from typing import Any, Sequence
 
 import torch
 
-from ..inputs.prompts import Template
 from .concepts import Concept
 
 #: Caption prompts: (text before the name with ``{image}`` where the image goes, text of the target,
 #: weight). None is the ``Q:``/``A:`` format of the paper's ICL prompts: a caption written that way
 #: teaches the VLM that an image after ``Q:`` is to be *named*, which is what the v0-v2 weights did
 #: on every image ICL prompt (names instead of capitals or colours). Recognition is measured with
-#: the first one (:data:`CAPTION_PROMPT`).
+#: the first one, which the library ships as :data:`taskvec.embedded.CAPTION_PROMPT`.
 CAPTION_TEMPLATES: tuple[tuple[str, str, float], ...] = (
     ("Image:{image}Name:", "{name}\n", 0.4),
     ("{image}This picture shows", " {name}\n", 0.3),
@@ -37,10 +36,6 @@ QA_CAPTION_TEMPLATES: tuple[tuple[str, str, float], ...] = (
     ("{image}This picture shows", " {name}\n", 0.2),
     ("Image:{image}Name:", "{name}\n", 0.2),
 )
-
-#: The captioning prompt as a :class:`taskvec.Template` (the first of :data:`CAPTION_TEMPLATES`):
-#: ``taskvec.zero_shot(pairs, template=CAPTION_PROMPT)`` asks the embedded VLM to name each image.
-CAPTION_PROMPT = Template(name="caption", demo="Image:{x}Name:{y}\n\n", query="Image:{x}Name:", marker="Name:")
 
 
 @dataclass(frozen=True)
@@ -116,7 +111,7 @@ def render_with(emoji: str, draw: RenderDraw) -> Any:
     """
     from PIL import ImageEnhance
 
-    from ..inputs.render import render_emoji
+    from taskvec.inputs.render import render_emoji
 
     img = render_emoji(emoji, draw.size, background=draw.background, scale=draw.scale, offset=draw.offset,
                        rotate=draw.rotate)

