@@ -130,7 +130,8 @@ def analyses_dir() -> Path:
 
 
 def reproducible() -> dict[str, Path]:
-    """Short name (``table3``, ``fig11``, ``bench_lens``...) -> analyses script."""
+    """Short name (``table3``, ``fig11``, ``bench_lens``...) -> analyses script (``taskvec reproduce``
+    runs it as the module ``analyses.<name>``, ``analyses.benchmarks.<name>``)."""
     folder = analyses_dir()
     scripts = sorted(folder.glob("*.py")) + sorted((folder / "benchmarks").glob("bench_*.py"))
     out = {}
@@ -165,7 +166,13 @@ def _cmd_reproduce(args: argparse.Namespace, extra: Sequence[str]) -> int:
     env = dict(os.environ)
     if args.out_dir:
         env["TASKVEC_RESULTS"] = str(Path(args.out_dir).resolve())
-    cmd = [sys.executable, str(scripts[args.target]), *extra]
+    # the scripts are modules of the analyses package: the checkout's root goes on the path (the
+    # working directory stays, so relative paths in the script's options mean what they say)
+    root = analyses_dir().parent
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
+    module = ".".join(scripts[args.target].relative_to(root).with_suffix("").parts)
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # an analyses/ in the cwd must not shadow it
+    cmd = [sys.executable, *safe_path, "-m", module, *extra]
     print("running " + " ".join(cmd), flush=True)
     return subprocess.call(cmd, env=env)
 
