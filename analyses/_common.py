@@ -1,7 +1,12 @@
-"""Shared by the analysis scripts: where results go, and how to write them."""
+"""The shared layer of the analysis scripts: where results go, how to write them, the arguments
+every paper-table script takes, and the pieces that several scripts compute alike (Table 3's rows,
+Figure 3's lens runs). Scripts import this module (and ``analyses.benchmarks._measure``), never
+one another; each runs from the repository root as ``python -m analyses.<name>``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -9,8 +14,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: The repository root (the folder that holds analyses/).
+ROOT = Path(__file__).resolve().parents[1]
 #: Where results go: analyses/results/, or $TASKVEC_RESULTS (set by `taskvec reproduce --out-dir`).
 RESULTS = Path(os.environ.get("TASKVEC_RESULTS") or Path(__file__).resolve().parent / "results")
+
+
+def script_name() -> str:
+    """The running script as a path from the repository root, e.g. ``analyses/table3_cross_modal.py``
+    (``sys.argv[0]`` is the module's file under ``python -m analyses.<name>`` as it is under
+    ``python analyses/<name>.py``)."""
+    import sys
+
+    path = Path(sys.argv[0]).resolve()
+    try:
+        return path.relative_to(ROOT).as_posix()
+    except ValueError:
+        return f"analyses/{path.name}"
 
 
 def write_json(name: str, data: dict[str, Any]) -> Path:
@@ -20,7 +40,7 @@ def write_json(name: str, data: dict[str, Any]) -> Path:
 
     data = dict(data)
     data.setdefault("_meta", {
-        "written_by": f"analyses/{Path(__import__('sys').argv[0]).name}",
+        "written_by": script_name(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -54,8 +74,6 @@ PARTIAL = RESULTS / "_partial"
 
 def experiment_parser(description: str, *, default_model: str = DEFAULT_VLM) -> "argparse.ArgumentParser":
     """Arguments every paper-table script shares: --model, --quick, --tasks, --seed, --fresh."""
-    import argparse
-
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=default_model,
                     help=f"embedded name, hub id or local folder (default {default_model}); the paper's hub ids, "
@@ -124,3 +142,42 @@ def bar_figure(wide: "Any", title: str) -> Any:
     fig.update_layout(barmode="group", title=title, yaxis_title="accuracy", template="plotly_white",
                       yaxis_range=[0, 1])
     return fig
+
+
+#: Table 3's (and Table 6's) example -> query modalities: the image-query settings.
+IMAGE_QUERY_COMBOS = [("image", "image"), ("text", "image")]
+#: Table 3's rows in the paper's order.
+PAPER_ROW_ORDER = ["Random", "No Context", "Image ICL Base", "Image ICL Patch", "Text ICL xBase", "Text ICL xPatch"]
+
+
+def paper_rows(summary: "Any") -> "Any":
+    """Name rows as the paper does and keep the image-query settings (Tables 3 and 6)."""
+    s = summary[summary["query"] == "image"].copy()
+    def name(r):
+        if r["method"] in ("No Context",):
+            return "No Context"
+        if r["method"] == "Random":
+            return "Random"
+        return f"{r['spec'].capitalize()} ICL {r['method']}"
+    s["setting"] = s.apply(name, axis=1)
+    s = s.drop_duplicates(subset=["task", "setting"])  # No Context / Random appear once per combo
+    wide = s.pivot_table(index="setting", columns="task", values="accuracy")
+    wide = wide.reindex([o for o in PAPER_ROW_ORDER if o in wide.index])
+    wide["Avg."] = wide.mean(axis=1)
+    return wide
+
+
+def lens_runs(models: list, tasks: list, s: Any, n_prompts: int) -> Any:
+    """Yield (model, task, spec, LensResult) for every text/image ICL setting that applies
+    (Figures 3 and 4)."""
+    import taskvec
+    from taskvec.experiments.cross_modal import pairs
+
+    for model in models:
+        specs = ["text", "image"] if model.is_vlm else ["text"]
+        for task in tasks:
+            for spec in specs:
+                items = pairs(task, "all", spec)
+                queries = items[:n_prompts]
+                prompts = taskvec.sample_icl_prompts(items, queries, n_shots=s.n_shots, seed=s.seed)
+                yield model, task, spec, taskvec.lens(model, prompts, batch_size=s.batch_size, progress=False)

@@ -1,18 +1,14 @@
 """Paper Figure 11: validation accuracy per layer per task for text-ICL xPatch on image queries,
 with the Text ICL xBase accuracy as a dotted reference line. Reuses Table 3's saved sweeps.
 
-    python analyses/fig11_layer_sweep.py [--quick] [--model ID] [--spec text --query image]
+    python -m analyses.fig11_layer_sweep [--quick] [--model ID] [--spec text --query image]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import taskvec  # noqa: E402
-from taskvec.experiments.cross_modal import baselines  # noqa: E402
-from _common import experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_table  # noqa: E402
+import taskvec
+from taskvec.experiments.cross_modal import baselines
+from analyses._common import experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_table
 
 
 def main(argv=None) -> None:

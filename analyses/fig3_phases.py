@@ -5,32 +5,14 @@ For each task and specification, 5-shot prompts (the query's own item excluded),
 the query's delimiter, summed probability of the task's input / task / answer token sets per
 layer (mean ± std over prompts). Text ICL runs on the LLM and the VLM; image ICL on the VLM.
 
-    python analyses/fig3_phases.py [--quick] [--model VLM] [--llm LLM]
+    python -m analyses.fig3_phases [--quick] [--model VLM] [--llm LLM]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import taskvec  # noqa: E402
-from taskvec.experiments.cross_modal import pairs  # noqa: E402
-from _common import DEFAULT_LLM, experiment_parser, load_model, save_figure, setting_from, tasks_from, write_table  # noqa: E402
-
-
-def lens_runs(models, tasks, s, n_prompts):
-    """Yield (model, task, spec, LensResult) for every text/image ICL setting that applies."""
-    for model in models:
-        specs = ["text", "image"] if model.is_vlm else ["text"]
-        for task in tasks:
-            for spec in specs:
-                items = pairs(task, "all", spec)
-                queries = items[:n_prompts]
-                prompts = taskvec.sample_icl_prompts(items, queries, n_shots=s.n_shots, seed=s.seed)
-                yield model, task, spec, taskvec.lens(model, prompts, batch_size=s.batch_size, progress=False)
+from analyses._common import DEFAULT_LLM, experiment_parser, lens_runs, load_model, save_figure, setting_from, tasks_from, write_table
 
 
 def main(argv=None) -> None:

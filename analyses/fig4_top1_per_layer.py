@@ -1,19 +1,14 @@
 """Paper Figure 4: top-1 decodings of the last token per layer across ICL prompts (the paper's
 pie charts, drawn as stacked bars), text ICL and image ICL, all six tasks.
 
-    python analyses/fig4_top1_per_layer.py [--quick] [--model VLM] [--llm LLM]
+    python -m analyses.fig4_top1_per_layer [--quick] [--model VLM] [--llm LLM]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fig3_phases import lens_runs  # noqa: E402
-from _common import RESULTS, DEFAULT_LLM, experiment_parser, load_model, save_figure, setting_from, tasks_from, write_table  # noqa: E402
+from analyses._common import RESULTS, DEFAULT_LLM, experiment_parser, lens_runs, load_model, save_figure, setting_from, tasks_from, write_table
 
 
 def main(argv=None) -> None:

@@ -6,21 +6,18 @@ Exemplar xPatch) and the instruction vector alone (Instruction xPatch), patched 
 queries of the test split at the layer chosen for text->image xPatch; case-insensitive accuracy
 as in the paper's figure. Several random subsets per k (seeded).
 
-    python analyses/fig8_ensembling.py [--quick] [--model ID]
+    python -m analyses.fig8_ensembling [--quick] [--model ID]
 """
 
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import taskvec  # noqa: E402
-from taskvec.experiments.cross_modal import Store, pairs, score, zero_shot  # noqa: E402
-from _common import experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_table  # noqa: E402
+import taskvec
+from taskvec.experiments.cross_modal import Store, pairs, score, zero_shot
+from analyses._common import experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_table
 
 
 def main(argv=None) -> None:

@@ -4,20 +4,16 @@ One point per ICL prompt (and one per instruction), colour = task, marker = spec
 at an early, a middle and a late layer; figA_tsne_neighbours.csv says how often a point's nearest
 neighbour (of each specification) in the map is of its own task.
 
-    python analyses/figA_tsne.py [--quick] [--model ID] [--layers 2 9 15]
+    python -m analyses.figA_tsne [--quick] [--model ID] [--layers 2 9 15]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import taskvec  # noqa: E402
-from taskvec.experiments.cross_modal import pairs  # noqa: E402
-from _common import RESULTS, experiment_parser, load_model, save_figure, setting_from, tasks_from, write_table  # noqa: E402
+import taskvec
+from taskvec.experiments.cross_modal import pairs
+from analyses._common import RESULTS, experiment_parser, load_model, save_figure, setting_from, tasks_from, write_table
 
 
 def main(argv=None) -> None:

@@ -5,8 +5,8 @@ The top-K heads (STV's insertion sites) are outlined. The same pairs are also re
 way (norm of the mean delta, the shift that is consistent across pairs), shown as a second row of
 panels.
 
-    python analyses/fig_delta_heatmap.py --quick                 # 40 pairs per task
-    python analyses/fig_delta_heatmap.py --model gemma-3-270m    # 100 pairs per task
+    python -m analyses.fig_delta_heatmap --quick                 # 40 pairs per task
+    python -m analyses.fig_delta_heatmap --model gemma-3-270m    # 100 pairs per task
 
 Writes analyses/results/fig_delta_heatmap.{html,png} (all tasks), fig_delta_heatmap_<task>.html
 and fig_delta_heatmap.csv (task, reduce, layer, head, delta).
@@ -14,15 +14,11 @@ and fig_delta_heatmap.csv (task, reduce, layer, head, delta).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import taskvec  # noqa: E402
-from taskvec.methods.stv import top_heads  # noqa: E402
-from _common import DEFAULT_LLM, RESULTS, experiment_parser, save_figure, tasks_from, write_json  # noqa: E402
+import taskvec
+from taskvec.methods.stv import top_heads
+from analyses._common import DEFAULT_LLM, RESULTS, experiment_parser, save_figure, tasks_from, write_json
 
 REDUCES = {"mean_norm": "mean ‖Δ‖₂", "norm_mean": "‖mean Δ‖₂"}
 

@@ -1,19 +1,15 @@
 """Paper Table 2: top-5 decodings of the mean task vector at the middle layer, text and image ICL.
 
-    python analyses/table2_task_vector_decodings.py [--quick] [--model VLM] [--layer L]
+    python -m analyses.table2_task_vector_decodings [--quick] [--model VLM] [--layer L]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import taskvec  # noqa: E402
-from taskvec.experiments.cross_modal import pairs  # noqa: E402
-from _common import experiment_parser, load_model, setting_from, tasks_from, write_table  # noqa: E402
+import taskvec
+from taskvec.experiments.cross_modal import pairs
+from analyses._common import experiment_parser, load_model, setting_from, tasks_from, write_table
 
 
 def main(argv=None) -> None:

@@ -5,22 +5,19 @@ per-layer cosine similarity, the random-pair baseline (cosine between VLM vector
 tasks), and test accuracy on image queries of VLM-VLM xPatch and LLM-VLM xPatch (each at its own
 validation-chosen layer).
 
-    python analyses/table4_llm_to_vlm.py [--quick] [--model VLM] [--llm LLM]
-    python analyses/table4_llm_to_vlm.py --model HuggingFaceM4/idefics2-8b --llm mistralai/Mistral-7B-v0.1
+    python -m analyses.table4_llm_to_vlm [--quick] [--model VLM] [--llm LLM]
+    python -m analyses.table4_llm_to_vlm --model HuggingFaceM4/idefics2-8b --llm mistralai/Mistral-7B-v0.1
 """
 
 from __future__ import annotations
 
 import itertools
-import sys
-from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import taskvec  # noqa: E402
-from taskvec.experiments.cross_modal import task_vector  # noqa: E402
-from _common import DEFAULT_LLM, bar_figure, experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_json, write_table  # noqa: E402
+import taskvec
+from taskvec.experiments.cross_modal import task_vector
+from analyses._common import DEFAULT_LLM, bar_figure, experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_json, write_table
 
 
 def main(argv=None) -> None:

@@ -4,18 +4,14 @@ Same protocol as Table 3 (image queries): No Context, Image ICL Base, Text ICL x
 xPatch, with demonstrations and queries written in the chat template (user turn = input,
 assistant turn = answer; the delimiter is the last token of the assistant header).
 
-    python analyses/table6_template.py [--quick] [--model ID]
+    python -m analyses.table6_template [--quick] [--model ID]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import taskvec  # noqa: E402
-from _common import bar_figure, experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_table  # noqa: E402
-from table3_cross_modal import COMBOS, paper_rows  # noqa: E402
+import taskvec
+from analyses._common import (IMAGE_QUERY_COMBOS, bar_figure, experiment_parser, load_model, paper_rows, save_figure,
+                              setting_from, store_for, tasks_from, write_table)
 
 
 def main(argv=None) -> None:
@@ -23,7 +19,7 @@ def main(argv=None) -> None:
     model = load_model(args.model, args)
     template = taskvec.chat_template(model.tokenizer)
     print(f"chat template: demo {template.demo!r}, query {template.query!r}, marker {template.marker!r}")
-    res = taskvec.transfer_experiment(model, tasks_from(args), COMBOS, setting_from(args, template=template),
+    res = taskvec.transfer_experiment(model, tasks_from(args), IMAGE_QUERY_COMBOS, setting_from(args, template=template),
                                       store=store_for(args, "transfer-chat"))
     wide = paper_rows(res["summary"]).drop(index=["Random", "Image ICL Patch"], errors="ignore")
     print(f"\nTable 6 (chat template) on {model.name}")

@@ -1,16 +1,12 @@
 """Paper Table 8: task-vector patching in all four example→query modality combinations.
 
-    python analyses/table8_all_modalities.py [--quick] [--model ID]
+    python -m analyses.table8_all_modalities [--quick] [--model ID]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import taskvec  # noqa: E402
-from _common import bar_figure, experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_table  # noqa: E402
+import taskvec
+from analyses._common import bar_figure, experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_table
 
 COMBOS = [("image", "image"), ("text", "image"), ("text", "text"), ("image", "text")]
 

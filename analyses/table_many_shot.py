@@ -9,9 +9,9 @@ is scored on the test split (greedy first token, the paper's metric).
 Text queries run on --model (default gemma-3-270m). Image queries run on --vlm (default
 gemma-3-270m-vlm) when it loads; otherwise the script says so and skips them.
 
-    python analyses/table_many_shot.py --quick          # minutes per task on a CPU
-    python analyses/table_many_shot.py                  # the full setting
-    python analyses/table_many_shot.py --no-vlm --tasks country-capital food-color
+    python -m analyses.table_many_shot --quick          # minutes per task on a CPU
+    python -m analyses.table_many_shot                  # the full setting
+    python -m analyses.table_many_shot --no-vlm --tasks country-capital food-color
 
 Writes analyses/results/table_many_shot.csv (methods x tasks, one block per query modality),
 table_many_shot_long.csv (with times and sizes), table_many_shot.json and the bar figures.
@@ -20,22 +20,19 @@ Partial results are stored per (model, modality, task, method) and reused unless
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import taskvec  # noqa: E402
-from taskvec.experiments.cross_modal import Store  # noqa: E402
-from taskvec.interventions.mimic import fit_mimic  # noqa: E402
-from taskvec.methods.mtv import fit_mtv  # noqa: E402
-from taskvec.methods.stv import fit_stv  # noqa: E402
-from taskvec.tasks import get_task  # noqa: E402
-from _common import (DEFAULT_LLM, DEFAULT_VLM, RESULTS, bar_figure, experiment_parser, save_figure, store_for,  # noqa: E402
+import taskvec
+from taskvec.experiments.cross_modal import Store
+from taskvec.interventions.mimic import fit_mimic
+from taskvec.methods.mtv import fit_mtv
+from taskvec.methods.stv import fit_stv
+from taskvec.tasks import get_task
+from analyses._common import (DEFAULT_LLM, DEFAULT_VLM, RESULTS, bar_figure, experiment_parser, save_figure, store_for,
                      tasks_from, write_json, write_table)
 
 
