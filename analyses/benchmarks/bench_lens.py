@@ -6,25 +6,23 @@ the fastest version of the by-hand approach). Times are the median of interleave
 process; peak memory is measured in child processes (peak resident memory sampled during the run, minus the
 resident memory after loading and a warm-up batch).
 
-    python analyses/benchmarks/bench_lens.py            # 64 five-shot prompts on gemma-3-270m
+    python -m analyses.benchmarks.bench_lens            # 64 five-shot prompts on gemma-3-270m
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import taskvec  # noqa: E402
-from _common import write_json  # noqa: E402
+import taskvec
+from analyses._common import ROOT, write_json
+from analyses.benchmarks._measure import PeakRSS, rss_bytes
 
 
 def make_prompts(n: int) -> list:
@@ -47,36 +45,6 @@ def run_plain(m, prompts, batch_size: int, top_k: int) -> None:
                 torch.softmax(head(norm(h[:, -1])).float(), dim=-1).topk(top_k, dim=-1)
 
 
-class PeakRSS:
-    """Samples this process's resident memory every few ms in a thread; ``peak`` is the largest
-    value seen (``ru_maxrss`` cannot be used: it keeps the peak of model loading)."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        import threading
-
-        self.interval, self.peak, self._stop = interval, self.current(), threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def current() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "PeakRSS":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.current())
-
-
 def child(variant: str, n: int, batch_size: int, top_k: int) -> None:
     import gc
 
@@ -85,15 +53,16 @@ def child(variant: str, n: int, batch_size: int, top_k: int) -> None:
     run = run_taskvec if variant == "taskvec" else run_plain
     run(m, prompts[:batch_size], batch_size, top_k)  # warm-up
     gc.collect()
-    base = PeakRSS.current()
+    base = rss_bytes()
     with PeakRSS() as rss:
         run(m, prompts, batch_size, top_k)
     print(json.dumps({"peak_delta_mb": (rss.peak - base) / 2**20}))
 
 
 def peak_delta(variant: str, n: int, batch_size: int, top_k: int) -> float:
-    out = subprocess.run([sys.executable, __file__, "--child", variant, "-n", str(n), "--batch-size", str(batch_size),
-                          "--top-k", str(top_k)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "analyses.benchmarks.bench_lens", "--child", variant, "-n", str(n),
+                          "--batch-size", str(batch_size), "--top-k", str(top_k)],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_delta_mb"]
 
 

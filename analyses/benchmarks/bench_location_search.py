@@ -16,67 +16,34 @@ country-capital), with the same number of trials T (default 100):
 Targets: STV / MTV location-search time <= 0.1 (the STV paper reports 0.015); inference <= 1.2x
 a plain zero-shot forward.
 
-    python analyses/benchmarks/bench_location_search.py [--trials 100] [--steps 200] [--masks 32]
+    python -m analyses.benchmarks.bench_location_search [--trials 100] [--steps 200] [--masks 32]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
-import threading
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import taskvec  # noqa: E402
-from taskvec.sites.heads import HeadIntervention  # noqa: E402
-from taskvec.interventions.mimic import MimIC, init_gates  # noqa: E402
-from taskvec.methods.mtv import mtv_means, mtv_search, mtv_select  # noqa: E402
-from taskvec.methods.stv import activation_deltas, cluster_bank, top_heads  # noqa: E402
-from taskvec.inputs.trials import split_pairs  # noqa: E402
-from _common import write_json  # noqa: E402
-
-
-def rss_mb() -> float:
-    with open(f"/proc/{os.getpid()}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-class PeakMemory:
-    """Peak resident memory above the starting level while the block runs, in MiB."""
-
-    def __enter__(self) -> "PeakMemory":
-        self.start = self.peak = rss_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, rss_mb())
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mb())
-
-    @property
-    def above_start(self) -> float:
-        return self.peak - self.start
+import taskvec
+from taskvec.sites.heads import HeadIntervention
+from taskvec.interventions.mimic import MimIC, init_gates
+from taskvec.methods.mtv import mtv_means, mtv_search, mtv_select
+from taskvec.methods.stv import activation_deltas, cluster_bank, top_heads
+from taskvec.inputs.trials import split_pairs
+from analyses._common import write_json
+from analyses.benchmarks._measure import PeakRSS
 
 
 def stage(fn):
     """Run ``fn`` once; return (result, seconds, peak MiB above the start)."""
-    with PeakMemory() as mem:
+    with PeakRSS() as mem:
         t = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - t
-    return out, seconds, mem.above_start
+    return out, seconds, mem.above_start_mb
 
 
 def main() -> None:

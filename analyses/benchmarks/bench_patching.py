@@ -8,22 +8,19 @@ In one run on gemma-3-270m (text->text, country-capital):
 - the same number of plain batched forwards (transformers, no nnsight, no intervention);
 - extraction of a vector from N five-shot prompts vs plain batched forwards of those prompts.
 
-    python analyses/benchmarks/bench_patching.py [-n 100] [--batch-size 50]
+    python -m analyses.benchmarks.bench_patching [-n 100] [--batch-size 50]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import taskvec  # noqa: E402
-from taskvec.methods.patching import patched_logits  # noqa: E402
-from _common import write_json  # noqa: E402
+import taskvec
+from taskvec.methods.patching import patched_logits
+from analyses._common import write_json
 
 
 def timed(fn) -> float:
