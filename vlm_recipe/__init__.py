@@ -10,6 +10,7 @@ from the repository root::
 See ``docs/embedded-vlm.md`` for the recipe and the model card.
 """
 
-from .trainer import STAGES, TrainConfig, TrainResult, export, train
+from .config import STAGES, TrainConfig, TrainResult, load_recipe, recipe_names
+from .trainer import export, train
 
-__all__ = ["export", "STAGES", "train", "TrainConfig", "TrainResult"]
+__all__ = ["export", "load_recipe", "recipe_names", "STAGES", "train", "TrainConfig", "TrainResult"]

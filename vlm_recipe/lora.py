@@ -119,3 +119,16 @@ def remove_lora(layers: nn.ModuleList, paths: Iterable[str], *, merge: bool) -> 
                 with torch.no_grad():
                     mod.base.weight += (mod.lora_B.float() @ mod.lora_A.float()).to(mod.base.weight.dtype) * mod.scale
             setattr(owner, leaf, mod.base)
+
+
+def load_lora(layers: nn.ModuleList, saved: dict[str, torch.Tensor]) -> None:
+    """Copy a saved update (:func:`lora_state`) into the :class:`LoRALinear` layers it names (a resumed run)."""
+    for key, value in saved.items():
+        stem, which = key.rsplit(".", 1)
+        index, path = stem.split(".", 1)
+        mod = layers[int(index)]
+        for p in path.split("."):
+            mod = getattr(mod, p)
+        if not isinstance(mod, LoRALinear):
+            raise TaskvecError(f"checkpoint names a LoRA update at {stem!r} the model does not have: delete the checkpoint")
+        getattr(mod, which).data.copy_(value)
