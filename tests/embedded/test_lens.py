@@ -7,7 +7,7 @@ import taskvec
 
 @pytest.fixture(scope="module")
 def icl(gemma):
-    from conftest import CAPITALS
+    from tests.conftest import CAPITALS
 
     return taskvec.sample_icl_prompts(CAPITALS, CAPITALS, n_shots=5, seed=0)
 
@@ -44,7 +44,7 @@ def test_batching_and_padding_do_not_change_results(gemma, icl, result):
 
 
 def test_phases_answer_rises_in_late_layers(gemma, icl, result):
-    from conftest import CAPITALS
+    from tests.conftest import CAPITALS
 
     ph = result.phases({"input": [":"], "task": ["capital", "city"], "answer": [y for _, y in CAPITALS]})
     piv = ph.df.pivot(index="layer", columns="category", values="mean")

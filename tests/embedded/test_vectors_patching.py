@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import taskvec
-from conftest import CAPITALS
+from tests.conftest import CAPITALS
 from taskvec.methods.patching import cached_patched_logits, patched_logits, prefix_cache
 
 MORE = [("Chile", "Santiago"), ("Greece", "Athens"), ("Cuba", "Havana"), ("Poland", "Warsaw"),
@@ -146,24 +146,6 @@ def test_tsne_one_point_per_prompt(gemma):
     assert len(r.df) == 2 * len(CAPITALS) and set(r.df.task) == {"cc", "capital-country"}
     assert r.figure().data
     assert "points=20" in repr(r) and "plotly" in r._repr_html_()  # Jupyter shows the scatter itself
-
-
-def test_tsne_neighbours_count_same_task_nearest_points():
-    """Two tasks far apart in the map, each with a text point and an image point; one stray image
-    point of task a sits by task b's points: its nearest text point is of the wrong task."""
-    import math
-
-    import pandas as pd
-
-    df = pd.DataFrame({"task": ["a", "a", "b", "b", "a"], "spec": ["text-icl", "image-icl", "text-icl", "image-icl", "image-icl"],
-                       "x": [0.0, 0.2, 9.0, 9.2, 9.1], "y": [0.0] * 5})
-    near = taskvec.TSNEResult(df, layer=3).neighbours()
-    assert near.loc["image-icl", "text-icl"] == 2 / 3      # the stray point's nearest text point is b's
-    assert near.loc["text-icl", "image-icl"] == 1 / 2      # b's text point is nearest the stray a point
-    assert near.loc["text-icl", "text-icl"] == 0.0         # each task has one text point: the other is the other task
-    assert near.loc["image-icl", "image-icl"] == 1 / 3     # b's image point and the stray a point are each other's nearest
-    one = taskvec.TSNEResult(df.iloc[:2], layer=3).neighbours()
-    assert math.isnan(one.loc["text-icl", "text-icl"])      # no other text point to be nearest
 
 
 def test_a_layer_read_off_a_dataframe_is_one_layer(gemma, capitals):

@@ -5,7 +5,8 @@ Each model is a real transformers class with its real processor class, built off
 exactly as a hub id would be. Checks: (a) layer outputs equal transformers' own hidden states,
 (b) head inputs have the per-head width, (c) delimiters are found after image-token expansion
 and left padding, (d) the lens and patching run and agree with the model's own logits; plus the
-errors for unknown architectures and for too many images, and what ``load()`` passes on.
+error for too many images, and what ``load()`` passes on (the error for an unknown
+architecture needs no model: tests/unit/test_architectures.py).
 """
 
 from __future__ import annotations
@@ -179,37 +180,6 @@ def test_fuyu_takes_one_image_per_prompt(tmp_path):
     m = taskvec.load(str(build_tiny("fuyu", tmp_path)))
     with pytest.raises(taskvec.TaskvecError, match="prompt 0 has 2 images but FuyuProcessor takes at most 1"):
         m.encode([taskvec.icl_prompt([(_image(1), "red")], _image(2))])
-
-
-def test_unknown_architecture_lists_supported_ones(tmp_path):
-    from transformers import GPT2Config
-
-    GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100).save_pretrained(tmp_path)
-    with pytest.raises(taskvec.TaskvecError) as err:
-        taskvec.load(str(tmp_path))
-    msg = str(err.value)
-    assert "'gpt2' is not supported" in msg and "docs/adding-an-architecture.md" in msg
-    assert all(name in msg for name in ARCHITECTURES)
-
-
-def test_no_recipe_for_unknown_name(tmp_path):
-    with pytest.raises(taskvec.TaskvecError, match="no tiny recipe for 'gpt2'.*llava"):
-        build_tiny("gpt2", tmp_path)
-
-
-def test_image_only_processor_without_torchvision():
-    """Without torchvision transformers cannot build Qwen2-VL's video processor; taskvec's
-    stand-in is the real processor class minus that one attribute."""
-    from transformers import LlavaProcessor, Qwen2VLProcessor
-
-    from taskvec.models.loading import processor_class_for
-
-    image_only = processor_class_for("qwen2_vl", need_video=False)
-    assert issubclass(image_only, Qwen2VLProcessor) and image_only is not Qwen2VLProcessor
-    assert image_only.get_attributes() == ["image_processor", "tokenizer"]
-    assert processor_class_for("qwen2_vl", need_video=True) is Qwen2VLProcessor
-    assert processor_class_for("llava", need_video=False) is LlavaProcessor
-    assert processor_class_for("llama") is None
 
 
 # --- what load() passes on to transformers and nnsight ---------------------------------------
