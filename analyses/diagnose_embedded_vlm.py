@@ -1,6 +1,7 @@
 """Where the embedded VLM loses recognition: the encoder's separation against the reader's (projector + LM).
 
-On the held-out augmented renders of ``eval_embedded_vlm.py`` (same seed, so the same images) and the
+On the held-out augmented renders of ``eval_embedded_vlm.py`` (same seed, so the same images:
+``vlm_recipe.evaluate.held_out_renders``) and the
 training renders of the shipped run (re-rendered from the manifest's seed), per group:
 
 0. *encoder, training renders*: the same for the training renders (without the training's jitter),
@@ -18,7 +19,7 @@ names features close to the class mean.
 
 Prints a table; writes analyses/results/embedded_vlm_gap.json.
 
-    python analyses/diagnose_embedded_vlm.py [--renders 4] [--threads 2]
+    python -m analyses.diagnose_embedded_vlm [--renders 4] [--threads 2]
 """
 
 from __future__ import annotations
@@ -26,24 +27,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 import taskvec  # noqa: E402
-from _common import DEFAULT_VLM, write_json  # noqa: E402
-from eval_embedded_vlm import held_out_renders, names_concept  # noqa: E402
+from analyses._common import DEFAULT_VLM, write_json  # noqa: E402
+from taskvec.embedded import CAPTION_PROMPT  # noqa: E402
 from taskvec.embedded.assemble import read_manifest  # noqa: E402
-from taskvec.embedded.codes import codes_as_image_features  # noqa: E402
-from taskvec.embedded.concepts import Concept  # noqa: E402
-from taskvec.embedded.data import CAPTION_PROMPT, from_uint8, render_pool  # noqa: E402
 from taskvec.inputs.render import render_emoji  # noqa: E402
+from vlm_recipe.codes import codes_as_image_features  # noqa: E402
+from vlm_recipe.concepts import Concept  # noqa: E402
+from vlm_recipe.data import from_uint8, render_pool  # noqa: E402
+from vlm_recipe.evaluate import held_out_renders, names_concept  # noqa: E402
 
 GROUPS = ("flags", "animals", "foods")
 

@@ -2,7 +2,7 @@
 
 1. Recognition: greedy caption of held-out augmented renders (a seed the training never used)
    and of the plain renders the tasks use, with the captioning prompt ``Image:<image>Name:``
-   (``taskvec.embedded.data.CAPTION_PROMPT``, the first caption format of the training).
+   (``taskvec.embedded.CAPTION_PROMPT``, the first caption format of the training).
    *exact*: the generated text up to the first newline equals the concept's name (or one of
    its aliases: another task's name for the same emoji, or the name of a pixel-identical flag);
    *first token*: taskvec's paper metric (greedy first token, prefix match) against the name.
@@ -18,34 +18,28 @@
 
 Prints tables; writes analyses/results/embedded_vlm.json.
 
-    python analyses/eval_embedded_vlm.py [--quick] [--renders 4]
+    python -m analyses.eval_embedded_vlm [--quick] [--renders 4]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 import taskvec  # noqa: E402
-from _common import DEFAULT_LLM, DEFAULT_VLM, write_json  # noqa: E402
+from analyses._common import DEFAULT_LLM, DEFAULT_VLM, write_json  # noqa: E402
+from taskvec.embedded import CAPTION_PROMPT  # noqa: E402
 from taskvec.embedded.assemble import read_manifest  # noqa: E402
-from taskvec.embedded.concepts import Concept  # noqa: E402
-from taskvec.embedded.data import CAPTION_PROMPT, render_augmented  # noqa: E402
-from taskvec.embedded.train import name_embeddings  # noqa: E402
 from taskvec.inputs.render import render_emoji  # noqa: E402
 from taskvec.tasks import PAPER_TASKS, get_task  # noqa: E402
-
-#: Seed offset of the held-out renders: training draws its renders from ``random.Random(seed)``.
-HELD_OUT_SEED = 1_000_003
+from vlm_recipe.concepts import Concept  # noqa: E402
+from vlm_recipe.evaluate import held_out_renders, names_concept  # noqa: E402
+from vlm_recipe.model import name_embeddings  # noqa: E402
 
 
 def caption(model: taskvec.Model, images: list, *, max_new_tokens: int = 8, batch_size: int = 32) -> tuple[list[str], list[str]]:
@@ -62,18 +56,6 @@ def caption(model: taskvec.Model, images: list, *, max_new_tokens: int = 8, batc
         out += [t.split("\n")[0].strip() for t in model.tokenizer.batch_decode(new, skip_special_tokens=True)]
         first += [model.tokenizer.decode([int(t)]) for t in new[:, 0]]
     return out, first
-
-
-def held_out_renders(concepts: list[Concept], renders: int, seed: int) -> list[list]:
-    """``renders`` augmented renders of each concept, from a seed training never used (per concept,
-    in order: the same concepts, count and seed always give the same images)."""
-    rng = random.Random(HELD_OUT_SEED + seed)
-    return [[render_augmented(c.emoji, rng) for _ in range(renders)] for c in concepts]
-
-
-def names_concept(first_token: str, concept: Concept) -> bool:
-    """The paper's metric (first token, prefix match) against the concept's name or any alias."""
-    return any(taskvec.is_correct(first_token, n) for n in (concept.caption, *concept.aliases))
 
 
 def recognition(model: taskvec.Model, concepts: list[Concept], renders: int, seed: int) -> pd.DataFrame:
