@@ -17,9 +17,6 @@ ANALYSES = ROOT / "analyses"
 FILES = sorted(p for p in ANALYSES.rglob("*.py") if "results" not in p.relative_to(ANALYSES).parts)
 #: every module name a file under analyses/ could be imported by if its folder were put on sys.path
 BARE_NAMES = {p.stem for p in FILES}
-#: the embedded VLM's training, eval and diagnosis scripts are being moved out of analyses/ with
-#: the training recipe (issue 21, item 4); they are checked as soon as they change
-MOVING_OUT = {"train_embedded_vlm.py", "eval_embedded_vlm.py", "diagnose_embedded_vlm.py"}
 
 
 def module_name(path: Path) -> str:
@@ -66,11 +63,7 @@ def problems(path: Path, text: str | None = None) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize(
-    "path",
-    [pytest.param(p, marks=pytest.mark.xfail(reason="being moved out of analyses/ (issue 21, item 4)", strict=False))
-     if p.name in MOVING_OUT else p for p in FILES],
-    ids=lambda p: p.relative_to(ANALYSES).as_posix())
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.relative_to(ANALYSES).as_posix())
 def test_script_imports_only_the_shared_layer(path):
     assert not problems(path), "\n".join(problems(path))
 
