@@ -11,7 +11,10 @@ and OUT_DIR/flags.json (tests/unit/data/vlm_recipe_flags_3b9610a.json: per flag 
 without --quick, the repr, to_json() and key() of the config main() built), which
 tests/unit/test_vlm_recipes.py compares the recipe files and ``python -m vlm_recipe --recipe`` with.
 """
-import json, os, sys, tempfile
+import json
+import os
+import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,7 +23,8 @@ sys.path.insert(0, str(root / "analyses"))
 import train_embedded_vlm as mod  # noqa: E402
 from taskvec.embedded.concepts import Concept  # noqa: E402
 
-out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
+out = Path(sys.argv[1])
+out.mkdir(parents=True, exist_ok=True)
 TRIO = [Concept("🇫🇷", "France", "flags"), Concept("🐺", "Wolf", "animals", ("wolf",)), Concept("🍕", "Pizza", "foods")]
 
 class Stop(Exception):
