@@ -17,7 +17,7 @@ from __future__ import annotations
 import pandas as pd
 
 import taskvec
-from taskvec.methods.stv import top_heads
+from taskvec.methods.deltas import top_heads
 from analyses._common import DEFAULT_LLM, RESULTS, experiment_parser, save_figure, tasks_from, write_json
 
 REDUCES = {"mean_norm": "mean ‖Δ‖₂", "norm_mean": "‖mean Δ‖₂"}

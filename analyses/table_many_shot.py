@@ -2,7 +2,7 @@
 
 Rows: Zero-shot, k-shot ICL (several k, up to what fits), the cross-modal paper's task vector
 (5-shot ICL vector patched at one layer chosen on validation), MTV, STV (the activation delta of
-design.md §4: mean over pairs of ‖Δ‖₂), STV with the norm of the mean delta ("consistent Δ",
+docs/design.md §4: mean over pairs of ‖Δ‖₂), STV with the norm of the mean delta ("consistent Δ",
 query-specific changes cancel), MimIC. Every method learns from the task's validation pairs and
 is scored on the test split (greedy first token, the paper's metric).
 
@@ -28,7 +28,7 @@ import pandas as pd
 
 import taskvec
 from taskvec.experiments.cross_modal import Store
-from taskvec.interventions.mimic import fit_mimic
+from taskvec.methods.mimic import fit_mimic
 from taskvec.methods.mtv import fit_mtv
 from taskvec.methods.stv import fit_stv
 from taskvec.tasks import get_task

@@ -10,24 +10,31 @@ The whole public API, in the order a study uses it::
     taskvec.accuracy(preds, [p.label for p in prompts])
 """
 
-from .models.architectures import ARCHITECTURES, Architecture
 from .errors import TaskvecError
-from .interventions.run import first_token_logits, predict
 from .experiments.cross_modal import Setting, transfer_experiment, wide_table
-from .methods.lens import LensResult, PhaseResult, decode, lens, residuals_at
-from .models.loading import DEFAULT_MODEL, EMBEDDED, list_models, load
 from .inputs.metric import accuracy, is_correct, majority
-from .models.model import Batch, Model
-from .sites.heads import HeadFit, HeadIntervention, head_activations, read_heads, write_heads
-from .interventions.mimic import MimIC, fit_mimic
+from .inputs.prompts import (GENERIC, IMAGE, Prompt, Template, chat_template, icl_prompt, instruction_prompt,
+                             sample_icl_prompts, zero_shot)
+from .interventions.base import Intervention
+from .interventions.heads import HeadIntervention
+from .interventions.mimic import MimIC
+from .interventions.residual import ResidualPatch
+from .interventions.run import first_token_logits, generate, predict, run
+from .methods.deltas import Deltas, activation_deltas, delta_heatmap
+from .methods.fit import Fit, HeadFit
+from .methods.lens import LensResult, PhaseResult, decode, lens, residuals_at
+from .methods.mimic import fit_mimic
 from .methods.mtv import fit_mtv, mtv_means
-from .methods.stv import Deltas, activation_deltas, delta_heatmap, fit_stv
 from .methods.patching import best_layer, layer_sweep, patch_generate, patch_predict
-from .inputs.prompts import GENERIC, IMAGE, Prompt, Template, chat_template, icl_prompt, instruction_prompt, sample_icl_prompts, zero_shot
-
-from .tasks import PAPER_TASKS, TEXT_TASKS, Task, get_task, list_tasks, load_task
+from .methods.stv import fit_stv
 from .methods.tsne import TSNEResult, tsne
-from .methods.vectors import TaskVector, ensemble, extract_icl, extract_instruction, read_residuals
+from .methods.vectors import TaskVector, ensemble, extract_icl, extract_instruction
+from .models.architectures import ARCHITECTURES, Architecture
+from .models.loading import DEFAULT_MODEL, EMBEDDED, list_models, load
+from .models.model import Batch, Model
+from .sites.collect import Activations, collect, head_activations, read_residuals
+from .sites.heads import read_heads, write_heads
+from .tasks import PAPER_TASKS, TEXT_TASKS, Task, get_task, list_tasks, load_task
 
 __version__ = "0.1.0"
 
@@ -94,4 +101,12 @@ __all__ = [
     "mtv_means",
     "read_heads",
     "write_heads",
+    # the layers underneath: sites (collect), interventions (one protocol, one runner), fits
+    "Activations",
+    "collect",
+    "Fit",
+    "generate",
+    "Intervention",
+    "ResidualPatch",
+    "run",
 ]

@@ -179,6 +179,9 @@ def _cmd_reproduce(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``taskvec`` command."""
+    from .embedded.spec import BASE_LLM as DEFAULT_MODEL  # light: no torch at --help
+    from .embedded.spec import VLM_NAME as DEFAULT_VLM
+
     parser = argparse.ArgumentParser(
         prog="taskvec", description="Task vectors in LLMs and VLMs.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -190,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  taskvec demo\n  taskvec demo --task food-color -n 60 --out demo.html\n"
                               "  taskvec demo --vlm ''      # the LLM part only",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gemma-3-270m", help="the LLM: embedded name, hub id or local folder")
-    p.add_argument("--vlm", default="gemma-3-270m-vlm", help="the VLM built on that LLM ('' to skip the VLM parts)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="the LLM: embedded name, hub id or local folder")
+    p.add_argument("--vlm", default=DEFAULT_VLM, help="the VLM built on that LLM ('' to skip the VLM parts)")
     p.add_argument("--task", default="country-capital", help="built-in task name (one of the paper's six)")
     p.add_argument("--out", default="taskvec-demo.html", help="HTML report path (default taskvec-demo.html)")
     p.add_argument("-n", type=int, default=40, help="test queries (default 40)")
@@ -206,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog='example: taskvec lens "Q:France\\nA:Paris\\n\\nQ:Japan\\nA:" --out lens.csv',
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompts", nargs="+", help="prompt texts (\\n escapes are understood)")
-    p.add_argument("--model", default="gemma-3-270m")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--position", type=int, default=-1, help="token position (default -1, the last)")
     p.add_argument("--out", help="write the tidy table as CSV here")
@@ -216,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  taskvec extract --task country-capital --out vectors/cc\n"
                               "  taskvec extract --model gemma-3-270m-vlm --spec image --task food-color --out vectors/fc",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gemma-3-270m", help="embedded name, hub id or local folder")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, hub id or local folder")
     p.add_argument("--task", required=True, help="built-in task name, or a .json/.csv task file")
     p.add_argument("--spec", choices=["text", "image", "instruction"], default="text",
                    help="how the task is specified (default text ICL)")

@@ -28,10 +28,12 @@ import time
 import torch
 
 import taskvec
-from taskvec.sites.heads import HeadIntervention
-from taskvec.interventions.mimic import MimIC, init_gates
+from taskvec.interventions.heads import HeadIntervention
+from taskvec.interventions.mimic import MimIC
+from taskvec.methods.mimic import init_gates
 from taskvec.methods.mtv import mtv_means, mtv_search, mtv_select
-from taskvec.methods.stv import activation_deltas, cluster_bank, top_heads
+from taskvec.methods.deltas import activation_deltas, top_heads
+from taskvec.methods.stv import cluster_bank
 from taskvec.inputs.trials import split_pairs
 from analyses._common import write_json
 from analyses.benchmarks._measure import PeakRSS

@@ -13,17 +13,18 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
 from ..errors import TaskvecError
-from ..interventions.run import predict
 from ..inputs.metric import is_correct, majority
-from ..models.model import Model
-from ..methods.patching import best_layer, layer_sweep, patch_predict
 from ..inputs.prompts import GENERIC, Prompt, Template, sample_icl_prompts, zero_shot
+from ..interventions.run import predict
+from ..methods.patching import best_layer, layer_sweep, patch_predict
 from ..methods.vectors import TaskVector, extract_icl
+from ..models.model import Model
+from .store import Store
 
 MODALITIES = ("text", "image")
 
@@ -79,33 +80,6 @@ def with_demos(demo_pairs: Sequence[tuple[Any, str]], query_pairs: Sequence[tupl
 
 def score(prompts: Sequence[Prompt], predictions: Sequence[str], s: Setting) -> list[bool]:
     return [is_correct(p, q.label or "", case_sensitive=s.case_sensitive) for p, q in zip(predictions, prompts)]
-
-
-class Store:
-    """A folder of CSV files, one per unit of work, so long sweeps resume after an interruption.
-
-    Example:
-        >>> st = Store(None)          # no folder: compute every time
-        >>> st.get_or_run("a", lambda: pd.DataFrame({"x": [1]})).x.tolist()
-        [1]
-    """
-
-    def __init__(self, folder: str | Path | None) -> None:
-        self.folder = None if folder is None else Path(folder)
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-
-    def get_or_run(self, name: str, run: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-        if self.folder is None:
-            return run()
-        path = self.folder / f"{name}.csv"
-        if path.exists():
-            return pd.read_csv(path, keep_default_na=False)
-        df = run()
-        tmp = path.with_suffix(".tmp")
-        df.to_csv(tmp, index=False)
-        tmp.replace(path)
-        return df
 
 
 def task_vector(model: Model, task: Any, spec: str, s: Setting, *, split: str = "val") -> TaskVector:

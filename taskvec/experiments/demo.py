@@ -22,14 +22,13 @@ from typing import Any
 
 import pandas as pd
 
-from .cross_modal import Setting, task_vector, transfer_experiment, wide_table
-from ..interventions.run import predict
-from ..methods.lens import lens
-from ..models.loading import DEFAULT_MODEL, load
 from ..inputs.metric import accuracy
 from ..inputs.prompts import sample_icl_prompts, zero_shot
+from ..interventions.run import predict
+from ..methods.lens import lens
+from ..models.loading import DEFAULT_MODEL, DEFAULT_VLM, load
+from .cross_modal import Setting, task_vector, transfer_experiment, wide_table
 
-DEFAULT_VLM = "gemma-3-270m-vlm"
 
 
 def _fmt(v: float) -> str:

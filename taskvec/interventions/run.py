@@ -1,17 +1,75 @@
-"""Greedy first-token predictions, the quantity every accuracy in the cross-modal paper is built on."""
+"""The one runner: greedy first-token logits, predictions and generation, with or without an
+intervention (:mod:`taskvec.interventions.base`).
+
+Every accuracy in the cross-modal paper is built on the greedy first token; batches are padded
+on the left, so the last position is every prompt's own last token.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
+from ..errors import TaskvecError
 from ..inputs.batching import batches
-from ..models.model import Model
 from ..inputs.prompts import Prompt
+from ..models.model import Batch, Model
+from ..sites.positions import resolve
+from .base import Intervention
+
+OUTPUTS = ("logits", "predict", "generate")
 
 
-def first_token_logits(model: Model, prompts: Sequence[Prompt | str], *, batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+def where(model: Model, batch: Batch, intervention: Intervention) -> tuple[Any, Any]:
+    """``(rows, pos)`` the intervention writes at in ``batch`` (``(None, None)`` for ``"every"``)."""
+    if intervention.at == "every":
+        return None, None
+    return torch.arange(len(batch)), resolve(model, batch, intervention.at)
+
+
+def batch_logits(
+    model: Model,
+    batch: Batch,
+    intervention: Intervention | None = None,
+    *,
+    inputs: dict[str, Any] | None = None,
+    at: tuple[Any, Any] | None = None,
+) -> torch.Tensor:
+    """Next-token logits at the last position of one batch, ``[batch, vocab]`` float32 on the CPU.
+
+    Args:
+        intervention: applied inside the trace (``None``: the plain model, same code path).
+        inputs: run these forward inputs instead of ``batch.inputs`` (e.g. one token on a KV cache).
+        at: ``(rows, pos)`` to write at instead of the intervention's own position.
+    """
+    with torch.no_grad(), model.nn.trace(dict(inputs or batch.inputs), **model.trace_kwargs(logits_to_keep=1)):
+        if intervention is not None:
+            rows, pos = at if at is not None else where(model, batch, intervention)
+            intervention.apply(model, rows, pos)
+        logits = model.nn.output.logits[:, -1].save()
+    return logits.float().cpu()
+
+
+def decode_first(model: Model, logits: torch.Tensor) -> list[str]:
+    """The greedy token of each row of ``[n, vocab]`` logits, decoded."""
+    return [model.tokenizer.decode([int(i)]) for i in logits.argmax(dim=-1)]
+
+
+def _checked(model: Model, intervention: Intervention | None) -> None:
+    if intervention is not None:
+        intervention.check(model)
+
+
+def first_token_logits(
+    model: Model,
+    prompts: Sequence[Prompt | str],
+    *,
+    intervention: Intervention | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "forward",
+) -> torch.Tensor:
     """Next-token logits at each prompt's last position, ``[n_prompts, vocab]`` (float32, CPU).
 
     Example:
@@ -19,24 +77,87 @@ def first_token_logits(model: Model, prompts: Sequence[Prompt | str], *, batch_s
         >>> first_token_logits(m, ["Q:France\\nA:"]).shape           # doctest: +SKIP
         torch.Size([1, 262144])
     """
-    out = []
-    for chunk in batches(list(prompts), batch_size, desc="forward", progress=progress):
-        batch = model.encode(chunk)
-        with model.trace(batch, logits_to_keep=1):
-            logits = model.nn.output.logits[:, -1].save()
-        out.append(logits.float().cpu())
+    _checked(model, intervention)
+    out = [batch_logits(model, model.encode(chunk), intervention)
+           for chunk in batches(list(prompts), batch_size, desc=desc, progress=progress)]
     return torch.cat(out)
 
 
-def predict(model: Model, prompts: Sequence[Prompt | str], *, batch_size: int = 16, progress: bool = True) -> list[str]:
+def predict(
+    model: Model,
+    prompts: Sequence[Prompt | str],
+    *,
+    intervention: Intervention | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "forward",
+) -> list[str]:
     """Greedy first token of each prompt, decoded (the paper's prediction).
-
-    The batch is left-padded, so the last position is every prompt's own last token.
 
     Example:
         >>> m = taskvec.load()                                                     # doctest: +SKIP
         >>> predict(m, [taskvec.icl_prompt([("France", "Paris")] * 3, "Japan")])    # doctest: +SKIP
         ['Tokyo']
     """
-    ids = first_token_logits(model, prompts, batch_size=batch_size, progress=progress).argmax(dim=-1)
-    return [model.tokenizer.decode([int(i)]) for i in ids]
+    _checked(model, intervention)
+    preds: list[str] = []
+    for chunk in batches(list(prompts), batch_size, desc=desc, progress=progress):
+        preds.extend(decode_first(model, batch_logits(model, model.encode(chunk), intervention)))
+    return preds
+
+
+def generate(
+    model: Model,
+    prompts: Sequence[Prompt | str],
+    *,
+    intervention: Intervention | None = None,
+    max_new_tokens: int = 8,
+) -> list[str]:
+    """Greedy continuation of each prompt: the intervention writes in the prompt's forward and, if
+    it is ``every_step``, at each new token too.
+
+    Example:
+        >>> generate(m, [taskvec.icl_prompt([], "Kenya")], intervention=iv, max_new_tokens=3)   # doctest: +SKIP
+        ['Nairobi\\n\\n']
+    """
+    _checked(model, intervention)
+    batch = model.encode(list(prompts))
+    with torch.no_grad(), model.generate(batch, max_new_tokens=max_new_tokens) as tracer:
+        if intervention is not None and intervention.every_step:
+            for _ in tracer.iter[:max_new_tokens]:
+                intervention.apply(model, *_step_where(model, batch, intervention))
+        elif intervention is not None:
+            intervention.apply(model, *where(model, batch, intervention))
+        out = tracer.result.save()
+    return model.tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+def _step_where(model: Model, batch: Batch, intervention: Intervention) -> tuple[Any, Any]:
+    # a per-token intervention writes at the newest token of every step (the prompt's last first)
+    return (None, None) if intervention.at == "every" else (torch.arange(len(batch)), -1)
+
+
+def run(
+    model: Model,
+    prompts: Sequence[Prompt | str],
+    intervention: Intervention | None = None,
+    *,
+    out: str = "predict",
+    batch_size: int = 16,
+    progress: bool = True,
+    max_new_tokens: int = 8,
+) -> Any:
+    """One entry for all three outputs: ``out="logits"`` (``[n, vocab]``), ``"predict"`` (greedy
+    first tokens) or ``"generate"`` (greedy continuations).
+
+    Example:
+        >>> run(m, queries, fit.intervention, out="predict")[:2]      # doctest: +SKIP
+        ['Paris', 'Tokyo']
+    """
+    if out == "logits":
+        return first_token_logits(model, prompts, intervention=intervention, batch_size=batch_size, progress=progress)
+    if out == "predict":
+        return predict(model, prompts, intervention=intervention, batch_size=batch_size, progress=progress)
+    if out == "generate":
+        return generate(model, prompts, intervention=intervention, max_new_tokens=max_new_tokens)
+    raise TaskvecError(f"out={out!r}: use one of {OUTPUTS}")

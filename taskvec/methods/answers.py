@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import TaskvecError
-from ..models.model import Model
 from ..inputs.prompts import GENERIC, Template
+from ..models.model import Model
 
 
 def answer_ids(model: Model, label: str, template: Template = GENERIC) -> list[int]:

@@ -11,25 +11,15 @@ import html
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import nnsight
 import pandas as pd
 import torch
 
-from ..inputs.batching import batches
 from ..errors import TaskvecError
-from ..models.model import Model
 from ..inputs.prompts import Prompt
+from ..models.model import Model
+from ..sites.collect import collect
 
 TokenSpec = Sequence[str | int]
-
-
-def _check_layers(model: Model, layers: Sequence[int] | None) -> list[int]:
-    if layers is None:
-        return list(range(model.n_layers))
-    chosen = [model.check_layer(int(layer)) for layer in layers]
-    if not chosen:
-        raise TaskvecError("layers is empty: pass None for every layer, or a list of layer indices")
-    return chosen
 
 
 def residuals_at(
@@ -54,22 +44,11 @@ def residuals_at(
         >>> residuals_at(m, ["Q:France\\nA:"]).shape    # doctest: +SKIP
         torch.Size([1, 18, 640])
     """
-    prompts = list(prompts)
-    if not prompts:
-        raise TaskvecError("no prompts given: pass at least one prompt")
-    chosen = _check_layers(model, layers)
-    out = []
-    for chunk in batches(prompts, batch_size, desc="lens", progress=progress):
-        batch = model.encode(chunk)
-        pos = model.position(batch, position)
-        rows = torch.arange(len(chunk))
-        with model.trace(batch, logits_to_keep=1) as tracer:
-            saved = nnsight.save([])
-            for index in chosen:
-                saved.append(model.residual(model.layers()[index].output)[rows, pos].save())
-            tracer.stop()
-        out.append(torch.stack([s.float().cpu() for s in saved], dim=1))
-    return torch.cat(out)
+    chosen = model.check_layers(layers)
+    acts = collect(model, prompts, site="resid", at=position, layers=chosen, batch_size=batch_size, keep=True,
+                   progress=progress, desc="lens")
+    assert acts.rows is not None
+    return acts.rows
 
 
 def token_ids(tokenizer: Any, tokens: TokenSpec) -> list[int]:
@@ -325,7 +304,7 @@ def lens(
     prompts = [Prompt(p) if isinstance(p, str) else p for p in prompts]
     if not isinstance(top_k, int) or top_k < 1:
         raise TaskvecError(f"top_k must be a positive integer, got {top_k!r}")
-    chosen = _check_layers(model, layers)
+    chosen = model.check_layers(layers)
     hidden = residuals_at(model, prompts, position=position, layers=chosen, batch_size=batch_size, progress=progress)
     df = _topk_table(model, hidden, chosen, top_k, chunk=batch_size)
     return LensResult(model=model, hidden=hidden, layers=chosen, df=df, prompts=prompts, top_k=top_k)

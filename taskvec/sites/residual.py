@@ -1,0 +1,46 @@
+"""The residual stream after each decoder layer, read and written inside a trace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import TaskvecError
+from ..models.model import Model
+
+MODES = ("replace", "add")
+
+
+def check_mode(mode: str) -> str:
+    """Return ``mode`` if it is ``"replace"`` or ``"add"``, else raise.
+
+    Example:
+        >>> check_mode("add")
+        'add'
+    """
+    if mode not in MODES:
+        raise TaskvecError(f"mode={mode!r}: use one of {MODES}")
+    return mode
+
+
+def resid(model: Model, layer: int) -> Any:
+    """Inside a trace: the hidden states after decoder layer ``layer``, ``[batch, seq, d_model]``
+    (a proxy: index it to read, assign into it to write). Touch layers in forward order."""
+    return model.residual(model.layers()[layer].output)
+
+
+def read_resid(model: Model, layer: int, rows: Any, pos: Any) -> torch.Tensor:
+    """Inside a trace: the residual after ``layer`` at ``(rows, pos)``, ``[n, d_model]``."""
+    return resid(model, layer)[rows, pos]
+
+
+def write_resid(model: Model, layer: int, rows: Any, pos: Any, value: torch.Tensor, mode: str = "replace") -> None:
+    """Inside a trace: replace (or add ``value`` ``[d_model]`` to) the residual after ``layer`` at
+    ``(rows, pos)``. ``value`` goes to the activation's device and dtype."""
+    h = resid(model, layer)
+    value = value.to(device=h.device, dtype=h.dtype)
+    if mode == "replace":
+        h[rows, pos] = value
+    else:
+        h[rows, pos] += value
