@@ -9,12 +9,16 @@ main() (data/record_vlm_recipe_flags.py, on a checkout of 3b9610a) with each fla
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
+import pkgutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+import vlm_recipe
 from taskvec.embedded.assemble import read_manifest, weights_dir
 from vlm_recipe import TrainConfig, load_recipe, recipe_names
 from vlm_recipe.cli import config_from_args, parser
@@ -80,3 +84,15 @@ def test_a_bad_recipe_is_refused(tmp_path):
     (tmp_path / "partial.json").write_text(json.dumps(partial))
     with pytest.raises(taskvec.TaskvecError, match="vision_steps"):
         load_recipe(tmp_path / "partial.json")
+
+
+@pytest.mark.parametrize("name", sorted(m.name for m in pkgutil.walk_packages(vlm_recipe.__path__, "vlm_recipe.")
+                                        if m.name != "vlm_recipe.__main__"))
+def test_the_recipe_docstring_examples_run(name):
+    """The recipe is not part of the package, so the package's doctest walk misses it: its examples run here
+    (those that need a model are skipped, as in the package)."""
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    report: list[str] = []
+    for test in doctest.DocTestFinder().find(importlib.import_module(name), name):
+        runner.run(test, out=report.append)
+    assert runner.failures == 0, "".join(report)
