@@ -54,7 +54,7 @@ class Deltas:
     def _repr_html_(self) -> str:
         """In Jupyter: the five heads with the largest delta."""
         top = self.frame().stack().sort_values(ascending=False).head(5)
-        rows = "".join(f"<tr><td>{l}</td><td>{h}</td><td>{v:.3g}</td></tr>" for (l, h), v in top.items())
+        rows = "".join(f"<tr><td>{layer}</td><td>{h}</td><td>{v:.3g}</td></tr>" for (layer, h), v in top.items())
         return (f"<b>Deltas</b> {self.model_name} &middot; {self.delta.shape[0]} layers &times; {self.delta.shape[1]} heads"
                 f"<table><tr><th>layer</th><th>head</th><th>delta</th></tr>{rows}</table>")
 

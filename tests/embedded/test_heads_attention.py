@@ -6,8 +6,10 @@ import torch
 
 import taskvec
 from taskvec.sites.attention import attention_logits
-from taskvec.sites.heads import (HeadIntervention, head_activations, positions, read_heads,
-                           replaced_logits, split_heads, write_heads)
+from taskvec.interventions.heads import HeadIntervention, replaced_logits
+from taskvec.sites.collect import head_activations
+from taskvec.sites.heads import read_heads, split_heads, write_heads
+from taskvec.sites.positions import resolve as positions
 from taskvec.methods.answers import answer_ids, first_answer_ids
 
 QUERIES = [taskvec.icl_prompt([], "France", label="Paris"), taskvec.icl_prompt([], "Japan is nice", label="Tokyo")]

@@ -7,11 +7,13 @@ import torch
 
 import taskvec
 from taskvec.sites.attention import attention_logits
-from taskvec.sites.heads import head_activations, merge_heads, split_heads
+from taskvec.sites.collect import head_activations
+from taskvec.sites.heads import merge_heads, split_heads
 from taskvec.interventions.mimic import MimIC
 from taskvec.models.model import Batch
 from taskvec.methods.mtv import mtv_means
-from taskvec.methods.stv import activation_deltas, cluster_bank, delta_heatmap, top_heads
+from taskvec.methods.deltas import activation_deltas, delta_heatmap, top_heads
+from taskvec.methods.stv import cluster_bank
 from taskvec.inputs.trials import icl_trials
 
 

@@ -4,7 +4,8 @@ each beats zero-shot by a clear margin and its training converges (minutes each)
 import pytest
 
 import taskvec
-from taskvec.interventions.mimic import MimIC, fit_mimic
+from taskvec.interventions.mimic import MimIC
+from taskvec.methods.mimic import fit_mimic
 from taskvec.methods.mtv import fit_mtv
 from taskvec.methods.stv import fit_stv
 from taskvec.tasks import get_task
@@ -33,7 +34,7 @@ def test_mtv_beats_zero_shot_and_its_policy_converges(gemma, capital, zero_shot,
     assert h.task_loss.iloc[-10:].mean() < h.task_loss.iloc[:10].mean()
     assert h.entropy.iloc[-1] < h.entropy.iloc[0]
     assert fit.details["candidates"].chosen.sum() == 1
-    assert f"{fit.intervention.n_selected} heads" in fit._repr_html_() and repr(fit).startswith("HeadFit(")
+    assert f"{fit.intervention.n_selected} heads" in fit._repr_html_() and repr(fit).startswith("Fit(")
     back = taskvec.HeadIntervention.load(fit.intervention.save(tmp_path / "mtv"), gemma)
     assert back.predict(gemma, queries[:8], progress=False) == fit.intervention.predict(gemma, queries[:8], progress=False)
 

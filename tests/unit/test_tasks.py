@@ -10,7 +10,7 @@ import taskvec
 from taskvec.inputs.render import has_glyph, render_emoji
 from taskvec.tasks import DATA_DIR, PAPER_TASKS, TEXT_TASKS, dumps_task, get_task, list_tasks, load_task, save_task
 
-INSTRUCTIONS = {  # design.md section 2 (the paper's Table 1)
+INSTRUCTIONS = {  # docs/design.md §2 (the paper's Table 1)
     "country-capital": "The capital city of the country:",
     "country-currency": "The last word of the official currency of the country:",
     "animal-latin": "The scientific name of the animal's species in latin:",
