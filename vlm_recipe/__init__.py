@@ -6,6 +6,7 @@ from the repository root::
 
     python -m vlm_recipe                  # retrain the shipped weights (< 30 min on 2 idle cores)
     python -m vlm_recipe --quick          # every stage, a few steps each (a smoke run)
+    python -m vlm_recipe --recipe v6      # replay an earlier recipe, recorded in vlm_recipe/recipes/
 
 See ``docs/embedded-vlm.md`` for the recipe and the model card.
 """
