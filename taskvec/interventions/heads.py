@@ -49,15 +49,12 @@ class HeadIntervention:
     every_step: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
-        rowwise = self.values.dim() == 4
         if self.values.dim() not in (3, 4) or self.mask.shape[-2:] != self.values.shape[-3:-1] or \
                 self.mask.dim() not in (2, 3):
             raise TaskvecError(
                 f"values must be [n_layers, n_heads, d_head] and mask [n_layers, n_heads] (or with a leading row "
                 f"dimension); got {tuple(self.values.shape)} and {tuple(self.mask.shape)}"
             )
-        if rowwise or self.mask.dim() == 3:
-            self.at = -1  # one set per row: a REINFORCE batch of copies of one query (no padding)
         self.mask = self.mask.to(torch.bool)
 
     @property
