@@ -149,7 +149,7 @@ def test_frozen_lm_in_bfloat16_changes_no_number():
     from vlm_recipe.data import caption_batch
     from vlm_recipe.distill import icl_distill_loss
     from vlm_recipe.lora import add_lora
-    from vlm_recipe.trainer import _caption_loss, _frozen_lm_to_bf16
+    from vlm_recipe.model import caption_loss, frozen_lm_to_bf16
 
     base = converted_dir("gemma-3-270m")
     tokenizer = vlm_tokenizer(base)
@@ -166,12 +166,12 @@ def test_frozen_lm_in_bfloat16_changes_no_number():
         for p in lora:
             p.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            losses = [_caption_loss(model, batch), icl_distill_loss(model, tokenizer, 2, seed=1)]
+            losses = [caption_loss(model, batch), icl_distill_loss(model, tokenizer, 2, seed=1)]
         sum(losses).backward()
         return [x.detach() for x in losses], [p.grad.clone() for p in lora]
 
     before = losses_and_grads()
-    _frozen_lm_to_bf16(model)
+    frozen_lm_to_bf16(model)
     after = losses_and_grads()
     assert model.model.language_model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
     assert model.model.language_model.embed_tokens.weight.dtype == torch.float32  # the input embedding stays float32

@@ -42,7 +42,7 @@ def test_no_caption_is_written_as_an_icl_query():
 
 def test_the_shipped_weights_are_the_default_recipe():
     """Every knob of the shipped run is ``TrainConfig()``'s, so the model card's recipe and
-    ``python analyses/train_embedded_vlm.py`` reproduce the shipped weights."""
+    ``python -m vlm_recipe`` reproduce the shipped weights."""
     shipped = dict(read_manifest()["train_config"])
     default = json.loads(json.dumps(TrainConfig().to_json()))
     shipped.pop("checkpoint_seconds"), default.pop("checkpoint_seconds")
@@ -111,7 +111,7 @@ def test_jitter_pixels_warps_reproducibly_within_range():
 
 
 def test_name_anchored_head_learns_only_its_projection():
-    from vlm_recipe.trainer import NameAnchoredHead
+    from vlm_recipe.model import NameAnchoredHead
 
     names = torch.randn(6, 640)
     head = NameAnchoredHead(names, 32)
