@@ -69,8 +69,10 @@ def one_of(name: str, value: Any, choices: Sequence[Any]) -> Any:
     return value
 
 
-def finite(name: str, tensor: Any, *, where: str = "") -> Any:
+def finite(name: str, tensor: Any, *, where: str = "", fix: str = "") -> Any:
     """``tensor`` if every entry is finite, else raise naming the first place (index) with NaN or inf.
+
+    ``where`` names the dimensions (``"layer, head, d_head"``), ``fix`` replaces the default advice.
 
     Example:
         >>> import torch
@@ -87,6 +89,6 @@ def finite(name: str, tensor: Any, *, where: str = "") -> Any:
     if bool(bad.any()):
         first = tuple(int(i) for i in bad.nonzero()[0].tolist())
         place = f" (first at {where + ' = ' if where else 'index '}{first})"
-        raise TaskvecError(f"{name} holds NaN or inf{place}: it would make every prediction meaningless; rebuild it "
-                           "from finite values")
+        raise TaskvecError(f"{name} holds NaN or inf{place}: "
+                           + (fix or "it would make every prediction meaningless; rebuild it from finite values"))
     return tensor
