@@ -16,7 +16,7 @@ import random
 import pandas as pd
 
 import taskvec
-from taskvec.experiments.cross_modal import Store, pairs, score, zero_shot
+from taskvec.experiments.cross_modal import Store, pairs, score, task_key, zero_shot
 from analyses._common import experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_table
 
 
@@ -42,7 +42,7 @@ def main(argv=None) -> None:
             return sum(score(qs, taskvec.patch_predict(model, vec, qs, layer, batch_size=s.batch_size,
                                                        progress=False), s)) / len(qs)
 
-        rows.append(st.get_or_run(f"{task.name}-instruction", lambda: pd.DataFrame(
+        rows.append(st.get_or_run(f"{task_key(task)}-instruction", lambda: pd.DataFrame(
             [dict(task=task.name, method="Instruction xPatch", k=0, rep=0, accuracy=acc(inst))])))
         for k in [k for k in sizes if k <= len(val)]:
             for rep in range(repeats):
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
                         dict(task=task.name, method="Exemplar xPatch", k=k, rep=rep, accuracy=acc(ex)),
                         dict(task=task.name, method="Instruction + Exemplar xPatch", k=k, rep=rep,
                              accuracy=acc(taskvec.ensemble(ex, inst)))])
-                rows.append(st.get_or_run(f"{task.name}-k{k}-r{rep}", run))
+                rows.append(st.get_or_run(f"{task_key(task)}-k{k}-r{rep}", run))
     df = pd.concat(rows, ignore_index=True)
     per_k = df[df.method != "Instruction xPatch"].groupby(["method", "k", "rep"]).accuracy.mean() \
         .groupby(["method", "k"]).agg(["mean", "std"]).reset_index()

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 import taskvec
-from taskvec.experiments.cross_modal import Store
+from taskvec.experiments.cross_modal import Store, task_key
 from taskvec.methods.mimic import fit_mimic
 from taskvec.methods.mtv import fit_mtv
 from taskvec.methods.stv import fit_stv
@@ -74,7 +74,7 @@ def units(model: taskvec.Model, task: Any, modality: str, cfg: Config, seed: int
     test = task.pairs("test", modality=modality)[: cfg.n_test]
     queries = [taskvec.icl_prompt([], x, label=y) for x, y in test]
     labels = [y for _, y in test]
-    key = f"{modality}-{task.name}"
+    key = f"{modality}-{task_key(task)}"  # the task's content decides its results
     out = []
 
     def timed(fn):
@@ -151,7 +151,7 @@ def choose_layer(model: taskvec.Model, tasks: list, modality: str, cfg: Config, 
             qs = [taskvec.icl_prompt([], x, label=y) for x, y in val[: cfg.n_sweep]]
             return taskvec.layer_sweep(model, vec, qs, progress=False).assign(task=task.name)
 
-        sweeps.append(st.get_or_run(f"{modality}-{task.name}-tv-sweep", sweep))
+        sweeps.append(st.get_or_run(f"{modality}-{task_key(task)}-tv-sweep", sweep))
     return taskvec.best_layer(pd.concat(sweeps))
 
 

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from ..checks import count, integer
 from ..errors import TaskvecError
 from ..inputs.metric import is_correct, majority
 from ..inputs.prompts import GENERIC, Prompt, Template, sample_icl_prompts, zero_shot
@@ -24,7 +25,7 @@ from ..interventions.run import predict
 from ..methods.patching import best_layer, layer_sweep, patch_predict
 from ..methods.vectors import TaskVector, extract_icl
 from ..models.model import Model
-from .store import Store
+from .store import Store, digest, safe_name
 
 MODALITIES = ("text", "image")
 
@@ -37,7 +38,8 @@ class Setting:
         n_shots: demonstrations per prompt (paper: 5).
         seeds: seeds of the ICL prompts averaged into a task vector.
         seed: seed of the demonstrations drawn for Base/xBase/Random.
-        n_val, n_test: cap on validation / test queries per task (None: the whole split).
+        n_val, n_test: cap on validation / test queries per task (None: the whole split; a cap is a
+            whole number >= 1).
         batch_size: prompts per forward.
         case_sensitive: the metric's case rule (paper: case-sensitive, except Fig. 8).
         template: prompt template.
@@ -52,20 +54,53 @@ class Setting:
     case_sensitive: bool = True
     template: Template = GENERIC
 
+    def __post_init__(self) -> None:
+        # checked here, before any work: 0 is not "all" (None is), and a seed list becomes a tuple
+        count("n_shots", self.n_shots)
+        seeds = (self.seeds,) if not isinstance(self.seeds, (tuple, list)) else tuple(self.seeds)
+        if not seeds:
+            raise TaskvecError("seeds=(): pass at least one seed, e.g. seeds=(0,)")
+        object.__setattr__(self, "seeds", tuple(integer("seeds", x) for x in seeds))
+        integer("seed", self.seed)
+        for name in ("n_val", "n_test"):
+            if getattr(self, name) is not None:
+                count(name, getattr(self, name), fix="None means the whole split")
+        count("batch_size", self.batch_size)
+        if not isinstance(self.case_sensitive, bool):
+            raise TaskvecError(f"case_sensitive={self.case_sensitive!r}: pass True or False")
+        if not isinstance(self.template, Template):
+            raise TaskvecError(f"template={self.template!r}: pass a taskvec Template (e.g. taskvec.GENERIC)")
+
     def key(self) -> str:
-        d = asdict(self)
-        d["template"] = [self.template.demo, self.template.query]
-        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+        """A digest of every field (the whole template included): result stores are keyed by it."""
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def task_key(task: Any) -> str:
+    """The task as a file-name-safe key: its name plus a digest of its content (instruction and
+    every item, in order), so results stored for one version of a task file are never reused for
+    an edited one.
+
+    Example:
+        >>> import taskvec
+        >>> task_key(taskvec.get_task("antonym")).startswith("antonym-")
+        True
+    """
+    items = [[it.input, it.output, it.split, it.emoji] for it in task.items]
+    return safe_name(task.name, digest({"instruction": task.instruction, "items": items}))
 
 
 def pairs(task: Any, split: str, modality: str, limit: int | None = None) -> list[tuple[Any, str]]:
-    """``(x, y)`` pairs of a task split in one modality (images rendered from the item's emoji)."""
+    """``(x, y)`` pairs of a task split in one modality (images rendered from the item's emoji);
+    the first ``limit`` (a whole number >= 1), or all with ``None``."""
     if modality not in MODALITIES:
         raise TaskvecError(f"modality {modality!r}: use 'text' or 'image'")
+    if limit is not None:
+        count("limit", limit, fix="None means the whole split")
     out = task.pairs(split, modality=modality)
     if not out:
         raise TaskvecError(f"task {task.name!r} has no {modality} items in split {split!r}")
-    return out[:limit] if limit else out
+    return out if limit is None else out[:limit]
 
 
 def with_demos(demo_pairs: Sequence[tuple[Any, str]], query_pairs: Sequence[tuple[Any, str]], s: Setting) -> list[Prompt]:
@@ -150,7 +185,9 @@ def transfer_experiment(
     Args:
         combos: e.g. ``[("text", "image"), ("image", "image")]``.
         store: folder for resumable partial results (one CSV per task and unit), in a subfolder
-            named for the model's weights (:attr:`taskvec.Model.key`) and the setting.
+            named for the model's weights (:attr:`taskvec.Model.key`) and the setting
+            (:meth:`Setting.key`); unit names carry the task's name and a digest of its content
+            (:func:`task_key`), so an edited task file is recomputed, not read back.
         source: model to extract vectors from (default: ``model``).
 
     Returns:
@@ -161,24 +198,30 @@ def transfer_experiment(
 
     if not tasks:
         raise TaskvecError("no tasks given")
+    combos = [tuple(c) for c in combos]
+    for spec, query in combos:
+        if spec not in MODALITIES or query not in MODALITIES:
+            raise TaskvecError(f"combo {(spec, query)!r}: spec and query are each 'text' or 'image'")
     src = source or model
-    prefix = "" if source is None else f"from-{source.key}-"
-    st = Store(None if store is None else Path(store) / f"{model.key}-{s.key()}")
+    # every unit name is built (file-name safe, keyed by the task's content) before any work
+    prefix = () if source is None else ("from", source.key)
+    keys = {id(task): task_key(task) for task in tasks}
+    st = Store(None if store is None else Path(store) / safe_name(model.key, s.key()))
     sweeps, summary, chosen = [], [], []
     bar = tqdm(total=len(combos) * len(tasks), desc="transfer", disable=not progress)
     vectors: dict[tuple[str, str], TaskVector] = {}
     for spec, query in combos:
         per_combo = []
         for task in tasks:
-            key = (task.name, spec)
-            tag = f"{prefix}{task.name}-{spec}-to-{query}"
+            key = (keys[id(task)], spec)
 
             def run_sweep(task: Any = task, key: tuple = key) -> pd.DataFrame:
                 if key not in vectors:
                     vectors[key] = task_vector(src, task, spec, s)
                 return sweep_task(model, vectors[key], task, query, s, allow_transfer=source is not None)
 
-            df = st.get_or_run(f"sweep-{tag}", run_sweep).assign(spec=spec, query=query)
+            unit = safe_name("sweep", *prefix, keys[id(task)], spec, "to", query)
+            df = st.get_or_run(unit, run_sweep).assign(spec=spec, query=query)
             per_combo.append(df)
             bar.update()
         combo_df = pd.concat(per_combo, ignore_index=True)
@@ -187,9 +230,8 @@ def transfer_experiment(
         sweeps.append(combo_df)
         name = ("Patch" if spec == query else "xPatch")
         for task in tasks:
-            tag = f"{prefix}{task.name}-{spec}-to-{query}-L{layer}"
 
-            def run_test(task: Any = task, key: tuple = (task.name, spec)) -> pd.DataFrame:
+            def run_test(task: Any = task, key: tuple = (keys[id(task)], spec), layer: int = layer) -> pd.DataFrame:
                 if key not in vectors:
                     vectors[key] = task_vector(src, task, spec, s)
                 qs = zero_shot(pairs(task, "test", query, s.n_test), s.template)
@@ -199,10 +241,11 @@ def transfer_experiment(
                 return pd.DataFrame([dict(task=task.name, method=name, spec=spec, query=query,
                                           accuracy=sum(c) / len(c), n=len(c), layer=layer)])
 
-            summary.append(st.get_or_run(f"test-{tag}", run_test))
+            unit = safe_name("test", *prefix, keys[id(task)], spec, "to", query, f"L{layer}")
+            summary.append(st.get_or_run(unit, run_test))
             if source is None:
-                summary.append(st.get_or_run(f"baselines-{task.name}-{spec}-to-{query}",
-                                             lambda task=task: baselines(model, task, spec, query, s)))
+                unit = safe_name("baselines", keys[id(task)], spec, "to", query)
+                summary.append(st.get_or_run(unit, lambda task=task: baselines(model, task, spec, query, s)))
     bar.close()
     out = pd.concat(summary, ignore_index=True)
     out = out.drop_duplicates(subset=["task", "method", "spec", "query"], keep="first")
