@@ -82,7 +82,8 @@ def experiment_parser(description: str, *, default_model: str = DEFAULT_VLM) -> 
     ap.add_argument("--tasks", nargs="+", default=None, help="task names (default: the paper's six)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--fresh", action="store_true", help="ignore saved partial results instead of resuming")
+    ap.add_argument("--fresh", action="store_true", help="recompute this model's and setting's saved partial results instead of resuming "
+                         "(other models' and settings' stay)")
     ap.add_argument("--device", default=None)
     return ap
 
@@ -107,12 +108,17 @@ def tasks_from(args: "argparse.Namespace") -> list:
 
 
 def store_for(args: "argparse.Namespace", name: str) -> Path:
-    """Folder of resumable partial results for one script (wiped with --fresh)."""
-    import shutil
+    """Folder of resumable partial results for one script (``_partial/<name>[-quick]``).
+
+    Scripts keep each model and setting in a subfolder of it (``<model.key>-<setting.key()>...``).
+    With ``--fresh`` nothing is deleted here: the subfolders this run opens (its model and setting)
+    are cleared when they are opened and recomputed; other models' and settings' results stay.
+    """
+    from taskvec.experiments.store import recompute_under
 
     folder = PARTIAL / (name + ("-quick" if args.quick else ""))
-    if args.fresh and folder.exists():
-        shutil.rmtree(folder)
+    if getattr(args, "fresh", False):
+        recompute_under(folder)
     return folder
 
 
