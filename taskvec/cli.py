@@ -148,7 +148,6 @@ def reproducible() -> dict[str, Path]:
 
 def _cmd_reproduce(args: argparse.Namespace, extra: Sequence[str]) -> int:
     import os
-    import subprocess
 
     from .errors import TaskvecError
 
@@ -174,7 +173,65 @@ def _cmd_reproduce(args: argparse.Namespace, extra: Sequence[str]) -> int:
     safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # an analyses/ in the cwd must not shadow it
     cmd = [sys.executable, *safe_path, "-m", module, *extra]
     print("running " + " ".join(cmd), flush=True)
-    return subprocess.call(cmd, env=env)
+    return run_child(cmd, env=env)
+
+
+#: Seconds a child gets to stop after a forwarded signal before it is killed.
+STOP_GRACE_S = 20.0
+
+
+def run_child(cmd: Sequence[str], *, env: dict | None = None, grace: float | None = None) -> int:
+    """Run ``cmd`` in its own process group and return its exit status (``128 + N`` when signal N
+    ended it, as a shell reports it).
+
+    SIGINT, SIGTERM and SIGHUP sent to this process are forwarded to the child's whole group and
+    this process waits for it, so stopping ``taskvec reproduce`` (Ctrl-C, ``kill``, ``timeout``, a
+    scheduler) stops the analysis too instead of leaving it running as an orphan. A child still
+    running ``grace`` seconds (default :data:`STOP_GRACE_S`) after the first signal, or at a second
+    signal, is killed (SIGKILL).
+    """
+    import os
+    import signal
+    import subprocess
+    import time
+
+    grace = STOP_GRACE_S if grace is None else grace
+    proc = subprocess.Popen(list(cmd), env=env, process_group=0)
+    got: list[float] = []
+
+    def kill_group(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def forward(signum: int, frame: object) -> None:
+        got.append(time.monotonic())
+        kill_group(signum if len(got) == 1 else signal.SIGKILL)
+
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    previous = {sig: signal.signal(sig, forward) for sig in (getattr(signal, n) for n in names if hasattr(signal, n))}
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if got and time.monotonic() - got[0] > grace:
+                    print(f"taskvec: the analysis did not stop within {grace:.0f} s of the signal: killing it",
+                          file=sys.stderr, flush=True)
+                    kill_group(signal.SIGKILL)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:  # leaving on an exception: never leave the child behind
+            kill_group(signal.SIGKILL)
+            proc.wait()
+    if rc < 0:
+        print(f"taskvec: the analysis was stopped by {signal.Signals(-rc).name}; its completed units are "
+              "kept and a rerun resumes from them", file=sys.stderr, flush=True)
+        return 128 - rc
+    return rc
 
 
 def build_parser() -> argparse.ArgumentParser:
