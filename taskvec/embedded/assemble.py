@@ -9,13 +9,12 @@ through the same code path as any hub VLM.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import cache
 from ..errors import TaskvecError
 from .lora import merge_lora
 from .spec import VLMSpec, vlm_config, vlm_processor, vlm_tokenizer
@@ -113,7 +112,8 @@ def assemble(base_dir: str | Path, shipped: str | Path, out_dir: str | Path) -> 
     Args:
         base_dir: converted base LLM folder.
         shipped: folder with ``vision.safetensors``, ``lm_delta.safetensors`` and ``manifest.json``.
-        out_dir: where to write (created; written atomically through a temporary sibling).
+        out_dir: where to write (created; written atomically through a temporary sibling, with a
+            manifest of the files written: see :func:`taskvec.cache.building`).
 
     Returns:
         ``out_dir``.
@@ -131,13 +131,10 @@ def assemble(base_dir: str | Path, shipped: str | Path, out_dir: str | Path) -> 
         base_dir, spec, vision_state=load_file(str(shipped / VISION_FILE)), lora_state=load_file(str(shipped / DELTA_FILE))
     )
     processor = vlm_processor(vlm_tokenizer(base_dir), spec)
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / "taskvec_manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with cache.building(out_dir, "the assembled embedded VLM") as tmp:
+        need = sum(p.numel() * p.element_size() for p in model.parameters()) + 64 * 2**20
+        cache.require_space(tmp, need, "the assembled embedded VLM")
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "taskvec_manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
     return out_dir

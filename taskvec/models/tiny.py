@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from .. import cache
 from ..cache import cache_dir
 from ..errors import TaskvecError
 
@@ -71,12 +71,8 @@ def tokenizer_dir(name: str | None = None) -> Path:
     from transformers import AutoTokenizer
 
     gguf = EMBEDDED[name].locate()
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with cache.building(target, f"the {name} tokenizer") as tmp:  # atomic; no temporary folder left behind
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
     return target
 
 
