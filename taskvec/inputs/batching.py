@@ -6,7 +6,7 @@ from typing import Iterator, Sequence, TypeVar
 
 from tqdm.auto import tqdm
 
-from ..errors import TaskvecError
+from ..checks import count
 
 T = TypeVar("T")
 
@@ -18,8 +18,7 @@ def batches(items: Sequence[T], batch_size: int, *, desc: str = "", progress: bo
         >>> [b for b in batches([1, 2, 3, 4, 5], 2, progress=False)]
         [[1, 2], [3, 4], [5]]
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise TaskvecError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = count("batch_size", batch_size, fix="prompts per forward")
     starts = range(0, len(items), batch_size)
     bar = tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) <= 1, leave=False)
     for start in bar:

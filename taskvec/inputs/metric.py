@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+from ..errors import TaskvecError
+
 
 def is_correct(prediction: str, label: str, *, case_sensitive: bool = True) -> bool:
     """True if the stripped prediction and label are non-empty and one is a prefix of the other.
@@ -17,6 +19,10 @@ def is_correct(prediction: str, label: str, *, case_sensitive: bool = True) -> b
         >>> is_correct("paris", "Paris"), is_correct("paris", "Paris", case_sensitive=False)
         (False, True)
     """
+    for name, value in (("prediction", prediction), ("label", label)):
+        if not isinstance(value, str):
+            raise TaskvecError(f"{name}={value!r} is a {type(value).__name__}: pass a str (a label of None "
+                               "means the prompt has no label: build prompts with label=)")
     p, y = prediction.strip(), label.strip()
     if not p or not y:
         return False
@@ -32,9 +38,10 @@ def accuracy(predictions: Sequence[str], labels: Sequence[str], *, case_sensitiv
         >>> accuracy(["Par", "Ber"], ["Paris", "Rome"])
         0.5
     """
+    for name, value in (("predictions", predictions), ("labels", labels)):
+        if isinstance(value, str) or not hasattr(value, "__len__"):
+            raise TaskvecError(f"{name}={value!r}: pass a list of strings (one per prompt), not one string")
     if len(predictions) != len(labels):
-        from ..errors import TaskvecError
-
         raise TaskvecError(
             f"accuracy() got {len(predictions)} predictions but {len(labels)} labels: pass one label per prediction"
         )
@@ -51,11 +58,11 @@ def majority(labels: Iterable[str]) -> str:
         >>> majority(["red", "green", "green", "red", "yellow"])
         'red'
     """
+    if isinstance(labels, str):
+        raise TaskvecError(f"labels={labels!r} is one string: pass a list of labels")
     counts: dict[str, int] = {}
     for y in labels:
         counts[y] = counts.get(y, 0) + 1
     if not counts:
-        from ..errors import TaskvecError
-
         raise TaskvecError("majority() needs at least one label")
     return max(counts, key=lambda k: counts[k])

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..checks import count, integer
 from ..errors import TaskvecError
 
 #: Stands for one image inside a prompt's text; replaced by the model's image token at encode time.
@@ -81,6 +82,18 @@ class Prompt:
     demo_labels: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise TaskvecError(f"Prompt text={self.text!r} is a {type(self.text).__name__}: pass the prompt's text "
+                               "as a str")
+        if isinstance(self.images, (str, bytes)) or not isinstance(self.images, Sequence):
+            raise TaskvecError(f"Prompt images={self.images!r}: pass a tuple of PIL images, one per taskvec.IMAGE")
+        object.__setattr__(self, "images", tuple(self.images))
+        for i, im in enumerate(self.images):
+            if not _is_image(im):
+                raise TaskvecError(
+                    f"Prompt images[{i}]={im!r} is a {type(im).__name__}, not a PIL image: open a file with "
+                    "PIL.Image.open(path) and pass the image itself"
+                )
         if self.text.count(IMAGE) != len(self.images):
             raise TaskvecError(
                 f"prompt has {self.text.count(IMAGE)} image placeholders but {len(self.images)} images: "
@@ -98,15 +111,71 @@ class Prompt:
 
 
 def _is_image(x: Any) -> bool:
-    return hasattr(x, "size") and hasattr(x, "convert") and not isinstance(x, str)
+    from .render import is_image
+
+    return is_image(x)
 
 
-def _slot(x: Any) -> tuple[str, tuple]:
+def _slot(x: Any, name: str = "input") -> tuple[str, tuple]:
     if _is_image(x):
         return IMAGE, (x,)
     if not isinstance(x, str):
-        raise TaskvecError(f"an example input must be a string or a PIL image, got {type(x).__name__}")
+        raise TaskvecError(f"{name}={x!r} is a {type(x).__name__}: an example input must be a string or a PIL image")
+    if IMAGE in x:
+        raise TaskvecError(f"{name}={x!r} contains the text {IMAGE!r}, taskvec's image placeholder: pass the PIL "
+                           "image itself as the input, or rephrase the text")
     return x, ()
+
+
+def _answer(y: Any, name: str) -> str:
+    if not isinstance(y, str):
+        raise TaskvecError(f"{name}={y!r} is a {type(y).__name__}: an answer must be a string")
+    return y
+
+
+def _pair(pair: Any, name: str) -> tuple[Any, str]:
+    if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+        raise TaskvecError(f"{name}={pair!r}: each example must be an (input, answer) pair, e.g. ('France', 'Paris')")
+    return pair[0], _answer(pair[1], f"{name} answer")
+
+
+def _pairs(pairs: Any, name: str) -> list[tuple[Any, str]]:
+    if isinstance(pairs, (str, bytes, Prompt)) or not isinstance(pairs, Sequence):
+        raise TaskvecError(f"{name}={pairs!r}: pass a list of (input, answer) pairs, e.g. [('France', 'Paris')]")
+    return [_pair(p, f"{name}[{i}]") for i, p in enumerate(pairs)]
+
+
+def _template(template: Any) -> Template:
+    if not isinstance(template, Template):
+        raise TaskvecError(f"template={template!r}: pass a taskvec.Template (taskvec.GENERIC or "
+                           "taskvec.chat_template(tokenizer))")
+    return template
+
+
+def prompt_list(prompts: Any, name: str = "prompts") -> list[Prompt]:
+    """The one check of a list of prompts at a public function's boundary: a non-empty list of
+    strings or :class:`Prompt` objects (strings become free-text prompts).
+
+    Example:
+        >>> [p.text for p in prompt_list(["Q:France\\nA:"])]
+        ['Q:France\\nA:']
+        >>> prompt_list("Q:France\\nA:")
+        Traceback (most recent call last):
+        ...
+        taskvec.errors.TaskvecError: prompts='Q:France\\nA:' is one prompt: pass a list of prompts, e.g. [prompt]
+    """
+    if isinstance(prompts, (str, Prompt)):
+        raise TaskvecError(f"{name}={prompts!r} is one prompt: pass a list of prompts, e.g. [prompt]")
+    if prompts is None or isinstance(prompts, bytes) or not hasattr(prompts, "__iter__"):
+        raise TaskvecError(f"{name}={prompts!r}: pass a list of prompts (strings or taskvec.Prompt objects)")
+    out = list(prompts)
+    if not out:
+        raise TaskvecError(f"{name}=[] is empty: pass at least one prompt")
+    for i, p in enumerate(out):
+        if not isinstance(p, (str, Prompt)):
+            raise TaskvecError(f"{name}[{i}]={p!r} is a {type(p).__name__}: pass strings or taskvec.Prompt objects "
+                               "(build them with taskvec.icl_prompt or taskvec.zero_shot)")
+    return [Prompt(p) if isinstance(p, str) else p for p in out]
 
 
 def icl_prompt(
@@ -131,13 +200,17 @@ def icl_prompt(
         >>> p.n_markers
         3
     """
+    template = _template(template)
+    demos = _pairs(demos, "demos")
+    if label is not None:
+        _answer(label, "label")
     parts, images = [template.prefix], []
-    for x, y in demos:
-        xs, im = _slot(x)
+    for i, (x, y) in enumerate(demos):
+        xs, im = _slot(x, f"demos[{i}] input")
         parts.append(template.demo.format(x=xs, y=y))
         images.extend(im)
     if query is not None:
-        qs, im = _slot(query)
+        qs, im = _slot(query, "query")
         parts.append(template.query.format(x=qs))
         images.extend(im)
     return Prompt(
@@ -158,8 +231,11 @@ def instruction_prompt(instruction: str) -> Prompt:
         >>> instruction_prompt("The capital city of the country:").text
         'The capital city of the country:'
     """
+    if not isinstance(instruction, str):
+        raise TaskvecError(f"instruction={instruction!r} is a {type(instruction).__name__}: pass the task's "
+                           "instruction text as a str (e.g. task.instruction)")
     if not instruction.strip():
-        raise TaskvecError("the instruction is empty: pass the task's instruction text")
+        raise TaskvecError("instruction='' is empty: pass the task's instruction text (e.g. task.instruction)")
     return Prompt(text=instruction)
 
 
@@ -182,6 +258,10 @@ def sample_icl_prompts(
         >>> [p.label for p in ps], [p.n_demos for p in ps]
         (['Paris', 'Tokyo'], [2, 2])
     """
+    n_shots = count("n_shots", n_shots, fix="for query-only prompts use taskvec.zero_shot")
+    seed = integer("seed", seed)
+    template = _template(template)
+    items, queries = _pairs(items, "items"), _pairs(queries, "queries")
     rng = random.Random(seed)
     prompts = []
     for qx, qy in queries:
@@ -202,7 +282,7 @@ def zero_shot(pairs: Sequence[tuple[Any, str]], template: Template = GENERIC) ->
         >>> [p.text for p in zero_shot([("France", "Paris")])], zero_shot([("France", "Paris")])[0].label
         (['Q:France\\nA:'], 'Paris')
     """
-    return [icl_prompt([], x, label=y, template=template) for x, y in pairs]
+    return [icl_prompt([], x, label=y, template=template) for x, y in _pairs(pairs, "pairs")]
 
 
 def _same_input(a: Any, b: Any) -> bool:

@@ -100,3 +100,80 @@ def render_emoji(
     out = Image.new("RGB", (size, size), background)
     out.paste(glyph, (0, 0), glyph)
     return out
+
+
+#: modes whose pixels are not 8-bit: PIL's own RGB conversion clips them at 255 (a 16-bit
+#: grayscale image turns mostly white), so :func:`to_rgb` rescales them first.
+WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+def to_rgb(image):  # noqa: ANN001, ANN201
+    """Any PIL image as 8-bit RGB, by scaling, never by clipping.
+
+    - 16-bit modes (``I;16``, ``I;16B``, ...): ``0..65535`` becomes ``0..255``.
+    - 32-bit ``I`` and float ``F``: values already in ``0..255`` are kept (``F`` in ``0..1`` is
+      multiplied by 255), values in ``0..65535`` are scaled as 16-bit, any other range is
+      stretched from its minimum to its maximum.
+    - a transparent image (``RGBA``, ``LA``, ``PA``, ``P`` with transparency, ...) is laid on
+      white, as transformers' processors do.
+    - every other mode (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``HSV``, ...) goes through PIL.
+
+    Example:
+        >>> from PIL import Image
+        >>> to_rgb(Image.new("I;16", (2, 2), 65535)).getpixel((0, 0))
+        (255, 255, 255)
+        >>> to_rgb(Image.new("I;16", (2, 2), 32896)).getpixel((0, 0))
+        (128, 128, 128)
+        >>> to_rgb(Image.new("LA", (2, 2), (0, 0))).getpixel((0, 0))
+        (255, 255, 255)
+    """
+    from PIL import Image
+
+    if not is_image(image):
+        raise TaskvecError(f"image={image!r} is a {type(image).__name__}, not a PIL image: open files with "
+                           "PIL.Image.open(path)")
+    if image.mode == "RGB":
+        return image
+    if image.mode in WIDE_MODES:
+        import numpy as np
+
+        a = np.asarray(image, dtype=np.float64)
+        if a.size == 0:
+            return Image.new("RGB", image.size)
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        if image.mode.startswith("I;16"):
+            a = a / 257.0
+        elif image.mode == "F" and lo >= 0 and hi <= 1:
+            a = a * 255.0
+        elif lo >= 0 and hi <= 255:
+            pass
+        elif lo >= 0 and hi <= 65535:
+            a = a / 257.0
+        else:
+            a = (a - lo) / ((hi - lo) or 1.0) * 255.0
+        grey = np.clip(np.nan_to_num(np.rint(a)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode == "La":
+        image = image.convert("LA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def is_image(x) -> bool:  # noqa: ANN001
+    """True for a PIL image (the only image type prompts take).
+
+    Example:
+        >>> from PIL import Image
+        >>> is_image(Image.new("RGB", (2, 2))), is_image("cat.png")
+        (True, False)
+    """
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        return False
+    return isinstance(x, Image.Image)

@@ -11,9 +11,10 @@ from typing import Any, Sequence
 
 import torch
 
+from ..checks import count, one_of
 from ..errors import TaskvecError
 from ..inputs.batching import batches
-from ..inputs.prompts import Prompt
+from ..inputs.prompts import Prompt, prompt_list
 from ..models.model import Batch, Model
 from ..sites.positions import resolve
 from .base import Intervention
@@ -58,6 +59,9 @@ def decode_first(model: Model, logits: torch.Tensor) -> list[str]:
 
 def _checked(model: Model, intervention: Intervention | None) -> None:
     if intervention is not None:
+        if not all(hasattr(intervention, k) for k in ("at", "every_step", "check", "apply")):
+            raise TaskvecError(f"intervention={intervention!r} is a {type(intervention).__name__}, not an "
+                               "intervention: pass a TaskVector's .patch(layers), a fit's .intervention, or None")
         intervention.check(model)
 
 
@@ -77,6 +81,8 @@ def first_token_logits(
         >>> first_token_logits(m, ["Q:France\\nA:"]).shape           # doctest: +SKIP
         torch.Size([1, 262144])
     """
+    prompts = prompt_list(prompts)
+    batch_size = count("batch_size", batch_size)
     _checked(model, intervention)
     out = [batch_logits(model, model.encode(chunk), intervention)
            for chunk in batches(list(prompts), batch_size, desc=desc, progress=progress)]
@@ -99,6 +105,8 @@ def predict(
         >>> predict(m, [taskvec.icl_prompt([("France", "Paris")] * 3, "Japan")])    # doctest: +SKIP
         ['Tokyo']
     """
+    prompts = prompt_list(prompts)
+    batch_size = count("batch_size", batch_size)
     _checked(model, intervention)
     preds: list[str] = []
     for chunk in batches(list(prompts), batch_size, desc=desc, progress=progress):
@@ -120,8 +128,10 @@ def generate(
         >>> generate(m, [taskvec.icl_prompt([], "Kenya")], intervention=iv, max_new_tokens=3)   # doctest: +SKIP
         ['Nairobi\\n\\n']
     """
+    prompts = prompt_list(prompts)
+    max_new_tokens = count("max_new_tokens", max_new_tokens, fix="the number of tokens to generate")
     _checked(model, intervention)
-    batch = model.encode(list(prompts))
+    batch = model.encode(prompts)
     with torch.no_grad(), model.generate(batch, max_new_tokens=max_new_tokens) as tracer:
         if intervention is not None and intervention.every_step:
             for _ in tracer.iter[:max_new_tokens]:
@@ -154,6 +164,10 @@ def run(
         >>> run(m, queries, fit.intervention, out="predict")[:2]      # doctest: +SKIP
         ['Paris', 'Tokyo']
     """
+    one_of("out", out, OUTPUTS)
+    prompts = prompt_list(prompts)
+    batch_size = count("batch_size", batch_size)
+    max_new_tokens = count("max_new_tokens", max_new_tokens, fix="the number of tokens to generate")
     if out == "logits":
         return first_token_logits(model, prompts, intervention=intervention, batch_size=batch_size, progress=progress)
     if out == "predict":

@@ -14,8 +14,9 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import torch
 
+from ..checks import count, integer
 from ..errors import TaskvecError
-from ..inputs.prompts import Prompt
+from ..inputs.prompts import Prompt, prompt_list
 from ..models.model import Model
 from ..sites.collect import collect
 
@@ -44,11 +45,24 @@ def residuals_at(
         >>> residuals_at(m, ["Q:France\\nA:"]).shape    # doctest: +SKIP
         torch.Size([1, 18, 640])
     """
+    prompts = prompt_list(prompts)
+    position = _position(position)
     chosen = model.check_layers(layers)
+    batch_size = count("batch_size", batch_size)
     acts = collect(model, prompts, site="resid", at=position, layers=chosen, batch_size=batch_size, keep=True,
                    progress=progress, desc="lens")
     assert acts.rows is not None
     return acts.rows
+
+
+def _position(position: Any) -> int:
+    return integer("position", position, fix="pass a token index counted on each prompt's own tokens, e.g. -1 "
+                                               "for the last")
+
+
+def _top_k(model: Model, top_k: Any) -> int:
+    vocab = model.vocab_size
+    return integer("top_k", top_k, low=1, high=vocab, fix=f"{model.name} scores {vocab} tokens")
 
 
 def token_ids(tokenizer: Any, tokens: TokenSpec) -> list[int]:
@@ -60,7 +74,11 @@ def token_ids(tokenizer: Any, tokens: TokenSpec) -> list[int]:
         [50429, 9079, 42]
     """
     ids: list[int] = []
+    if isinstance(tokens, (str, bytes)) or not hasattr(tokens, "__iter__"):
+        raise TaskvecError(f"tokens={tokens!r}: pass a list of words or token ids, e.g. ['Paris', 'Rome']")
     for tok in tokens:
+        if isinstance(tok, bool):
+            raise TaskvecError(f"token {tok!r} is a bool: pass a word or a token id")
         if isinstance(tok, int):
             cand = [tok]
         else:
@@ -182,9 +200,14 @@ class LensResult:
         if not categories:
             raise TaskvecError("phases() needs at least one category, e.g. {'input': [':'], 'task': [...]}")
         ids = {name: token_ids(self.model.tokenizer, toks) for name, toks in categories.items()}
+        vocab = self.model.vocab_size
         for name, i in ids.items():
             if not i:
                 raise TaskvecError(f"category {name!r} has no tokens: give it at least one word or id")
+            for t in i:
+                if not 0 <= t < vocab:
+                    raise TaskvecError(f"category {name!r}: token id {t} is out of range: pass ids in 0..{vocab - 1} "
+                                       f"({self.model.name} scores {vocab} tokens)")
         flat = sorted({i for v in ids.values() for i in v})
         col = {i: k for k, i in enumerate(flat)}
         probs = self.probabilities(flat)  # [P, L, |flat|]
@@ -204,6 +227,7 @@ class LensResult:
         """Layer x rank heatmap of one prompt's top-k tokens, coloured by probability."""
         import plotly.graph_objects as go
 
+        prompt = integer("prompt", prompt, fix=f"pass a prompt index in 0..{len(self.prompts) - 1}")
         if not 0 <= prompt < len(self.prompts):
             raise TaskvecError(f"prompt {prompt} is out of range: the result has prompts 0..{len(self.prompts) - 1}")
         sub = self.df[self.df.prompt == prompt]
@@ -301,9 +325,10 @@ def lens(
     """
     if isinstance(prompts, (str, Prompt)):
         prompts = [prompts]
-    prompts = [Prompt(p) if isinstance(p, str) else p for p in prompts]
-    if not isinstance(top_k, int) or top_k < 1:
-        raise TaskvecError(f"top_k must be a positive integer, got {top_k!r}")
+    prompts = prompt_list(prompts)
+    position = _position(position)
+    top_k = _top_k(model, top_k)
+    batch_size = count("batch_size", batch_size)
     chosen = model.check_layers(layers)
     hidden = residuals_at(model, prompts, position=position, layers=chosen, batch_size=batch_size, progress=progress)
     df = _topk_table(model, hidden, chosen, top_k, chunk=batch_size)

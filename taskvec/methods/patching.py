@@ -20,10 +20,11 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
+from ..checks import count
 from ..errors import TaskvecError
 from ..inputs.batching import batches
 from ..inputs.metric import is_correct
-from ..inputs.prompts import Prompt
+from ..inputs.prompts import Prompt, prompt_list
 from ..interventions.residual import ResidualPatch
 from ..interventions.run import batch_logits, decode_first, generate, predict
 from ..models.model import Batch, Model
@@ -33,6 +34,20 @@ from .vectors import TaskVector
 
 __all__ = ["MODES", "best_layer", "cached_patched_logits", "layer_sweep", "patch_generate", "patch_predict",
            "patched_logits", "prefix_cache"]
+
+
+def _queries(queries: Any) -> list[Prompt]:
+    """The queries of a patching call, checked before any work (a non-empty list of prompts)."""
+    return prompt_list(queries, "queries")
+
+
+def _vector(vector: Any, model: Model, allow_transfer: bool, *, optional: bool = False) -> None:
+    if vector is None and optional:
+        return
+    if not isinstance(vector, TaskVector):
+        raise TaskvecError(f"vector={vector!r} is a {type(vector).__name__}: pass a taskvec.TaskVector (from "
+                           "taskvec.extract_icl, extract_instruction or TaskVector.load)")
+    vector.check_compatible(model, allow_transfer=allow_transfer)
 
 
 def _patch(vector: TaskVector | None, layers: Sequence[int], mode: str) -> ResidualPatch | None:
@@ -133,9 +148,12 @@ def patch_predict(
         >>> taskvec.patch_predict(m, v, qs, layers=6)[:3]                               # doctest: +SKIP
         ['Paris', 'Tokyo', 'Rome']
     """
-    if vector is not None:
-        vector.check_compatible(model, allow_transfer=allow_transfer)
-    patch = _patch(vector, model.check_layers(layers), mode)
+    check_mode(mode)
+    _vector(vector, model, allow_transfer, optional=True)
+    chosen = model.check_layers(layers)
+    queries = _queries(queries)
+    batch_size = count("batch_size", batch_size)
+    patch = _patch(vector, chosen, mode)
     return predict(model, queries, intervention=patch, batch_size=batch_size, progress=progress, desc="patch")
 
 
@@ -165,11 +183,11 @@ def layer_sweep(
         >>> df.groupby("layer").correct.mean().idxmax()                  # doctest: +SKIP
         6
     """
-    vector.check_compatible(model, allow_transfer=allow_transfer)
+    check_mode(mode)
+    _vector(vector, model, allow_transfer)
     chosen = model.check_layers(layers)
-    queries = list(queries)
-    if not queries:
-        raise TaskvecError("no queries given: pass at least one zero-shot query prompt")
+    queries = _queries(queries)
+    batch_size = count("batch_size", batch_size)
     records = []
     offset = 0
     for chunk in batches(queries, batch_size, desc="layer sweep", progress=progress):
@@ -229,6 +247,9 @@ def patch_generate(
         >>> patch_generate(m, v, [taskvec.icl_prompt([], "Kenya")], layers=6)   # doctest: +SKIP
         ['Nairobi\\n\\nQ:']
     """
-    vector.check_compatible(model, allow_transfer=allow_transfer)
-    return generate(model, queries, intervention=_patch(vector, model.check_layers(layers), mode),
-                    max_new_tokens=max_new_tokens)
+    check_mode(mode)
+    _vector(vector, model, allow_transfer)
+    chosen = model.check_layers(layers)
+    queries = _queries(queries)
+    max_new_tokens = count("max_new_tokens", max_new_tokens, fix="the number of tokens to generate")
+    return generate(model, queries, intervention=_patch(vector, chosen, mode), max_new_tokens=max_new_tokens)

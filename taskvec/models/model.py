@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
+from ..checks import integer
 from ..errors import TaskvecError
 from ..inputs.positions import delimiter_positions, marker_ids
-from ..inputs.prompts import GENERIC, IMAGE, Prompt, Template
+from ..inputs.prompts import GENERIC, IMAGE, Prompt, Template, prompt_list
+from ..inputs.render import to_rgb
 from .architectures import Architecture, resolve
 
 
@@ -98,6 +99,15 @@ class Model:
         return int(hd) if hd else self.d_model // self.n_heads
 
     @property
+    def vocab_size(self) -> int:
+        """How many tokens the model scores (the unembedding's rows): the largest ``top_k``."""
+        head = resolve(self.hf, self.arch.lm_head)
+        weight = getattr(head, "weight", None)
+        if weight is not None:
+            return int(weight.shape[0])
+        return int(self.text_config.vocab_size)
+
+    @property
     def is_vlm(self) -> bool:
         return self.arch.is_vlm
 
@@ -141,16 +151,24 @@ class Model:
         """Envoy of layer ``index``'s attention output projection; its ``.input`` is ``[b, s, H*Dh]``."""
         return resolve(self.layer(index), self.arch.out_proj)
 
-    def check_layer(self, index: int) -> int:
-        """Return ``index`` if it names a decoder layer (negative counts from the end), else raise."""
-        n = self.n_layers
-        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
-            raise TaskvecError(f"layer {index!r} is not an integer: pass a layer index in 0..{n - 1}")
-        if not -n <= index < n:
-            raise TaskvecError(f"layer {index} is out of range: {self.name} has layers 0..{n - 1}")
-        return int(index) % n
+    def check_layer(self, index: int, name: str = "layer") -> int:
+        """Return ``index`` if it names a decoder layer (negative counts from the end), else raise.
 
-    def check_layers(self, layers: int | Sequence[int] | None) -> list[int]:
+        Integers only (numpy and torch integers count): ``"3"``, ``2.5`` or ``True`` is refused,
+        with a message naming ``name``, the value and the layers the model has.
+        """
+        n = self.n_layers
+        try:
+            index = integer(name, index)
+        except TaskvecError:
+            raise TaskvecError(f"{name}={index!r} is not an integer (a str, float or bool is never a layer): pass a "
+                               f"layer index in 0..{n - 1} ({self.name} has {n} layers)") from None
+        if not -n <= index < n:
+            raise TaskvecError(f"{name}={index} is out of range: {self.name} has layers 0..{n - 1} "
+                               f"(or -{n}..-1 from the end)")
+        return index % n
+
+    def check_layers(self, layers: int | Sequence[int] | None, name: str = "layers") -> list[int]:
         """The one layer-list check: ``None`` is every layer, one integer is that layer, a list is
         its layers; returned 0-based, sorted (forward order, as nnsight reads them), without repeats.
 
@@ -158,13 +176,16 @@ class Model:
         """
         if layers is None:
             return list(range(self.n_layers))
+        n = self.n_layers
+        fix = f"pass a layer index in 0..{n - 1}, a list of them, or None for every layer"
         if isinstance(layers, (str, bytes)):
-            raise TaskvecError(f"layers={layers!r} is a string: pass an integer or a list of integers")
-        one = isinstance(layers, numbers.Integral) or getattr(layers, "ndim", None) == 0
-        chosen = [layers.item() if hasattr(layers, "item") else layers] if one else list(layers)
+            raise TaskvecError(f"{name}={layers!r} is a string, not a layer: {fix}")
+        if getattr(layers, "ndim", None) == 0 or not hasattr(layers, "__iter__"):
+            return [self.check_layer(layers, name)]
+        chosen = list(layers)
         if not chosen:
-            raise TaskvecError("no layer given: pass a layer index or a list of them (None for every layer)")
-        return sorted({self.check_layer(layer) for layer in chosen})
+            raise TaskvecError(f"{name}={layers!r} names no layer: {fix}")
+        return sorted({self.check_layer(layer, f"{name}[{i}]") for i, layer in enumerate(chosen)})
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of residual-stream vectors: final norm, unembedding, soft-capping if configured.
@@ -204,10 +225,8 @@ class Model:
             >>> b.input_ids.shape                              # doctest: +SKIP
             torch.Size([2, 7])
         """
-        prompts = [Prompt(p) if isinstance(p, str) else p for p in prompts]
-        if not prompts:
-            raise TaskvecError("no prompts given: pass at least one prompt")
-        images = [list(p.images) for p in prompts]
+        prompts = prompt_list(prompts)
+        images = [[to_rgb(im) for im in p.images] for p in prompts]
         texts = [p.text for p in prompts]
         if any(images):
             limit = self.arch.max_images_per_prompt
@@ -247,11 +266,35 @@ class Model:
         The last entry of each list is the query's delimiter; the one before it is the last
         demonstration's (where the paper reads task vectors).
         """
-        template = template or batch.prompts[0].template or GENERIC
+        if template is None:
+            template = self._batch_template(batch.prompts)
         key = (template.query, template.marker)
         if key not in self._marker_cache:
             self._marker_cache[key] = marker_ids(self.tokenizer, template)
         return delimiter_positions(batch.input_ids, self._marker_cache[key], [p.n_markers for p in batch.prompts])
+
+    @staticmethod
+    def _batch_template(prompts: Sequence[Prompt]) -> Template:
+        """The one template a batch's delimiters are found with; free text and mixed templates are refused."""
+        for i, p in enumerate(prompts):
+            if p.template is None:
+                raise TaskvecError(
+                    f"prompt {i} ({p.text[:40]!r}) is free text (a str or Prompt(text)), so it has no marked query "
+                    "or demonstration: build queries with taskvec.icl_prompt([], x) (or taskvec.zero_shot(pairs)) "
+                    "and few-shot prompts with taskvec.icl_prompt(demos, x)"
+                )
+        first = prompts[0].template
+        assert first is not None
+        for i, p in enumerate(prompts):
+            t = p.template
+            assert t is not None
+            if (t.query, t.marker) != (first.query, first.marker):
+                raise TaskvecError(
+                    f"prompts 0 and {i} of one batch use different templates ({first.name!r}, marker "
+                    f"{first.marker!r}; {t.name!r}, marker {t.marker!r}): a batch is read with one template; build "
+                    "every prompt with the same template= or run them separately"
+                )
+        return first or GENERIC
 
     def position(self, batch: Batch, position: int) -> torch.Tensor:
         """Absolute index, per prompt, of a position counted on each prompt's own tokens.
@@ -259,6 +302,7 @@ class Model:
         ``-1`` is each prompt's last token whatever the padding; ``0`` its first real token.
         Returns a ``[batch]`` long tensor; raises if a prompt is shorter than asked.
         """
+        position = integer("position", position, fix="pass a token index such as -1 (the last token)")
         mask = batch.inputs.get("attention_mask")
         ids = batch.input_ids
         if mask is None:
@@ -267,7 +311,8 @@ class Model:
         out = []
         for i, n in enumerate(lengths.tolist()):
             if not -n <= position < n:
-                raise TaskvecError(f"position {position} is outside prompt {i}, which has {n} tokens")
+                raise TaskvecError(f"position={position} is outside prompt {i}, which has {n} tokens: pass a position "
+                                   f"in -{n}..{n - 1} (-1 is the last token)")
             real = mask[i].nonzero().flatten()
             out.append(int(real[position]))
         return torch.tensor(out, dtype=torch.long)

@@ -16,9 +16,10 @@ from typing import Sequence
 import nnsight
 import torch
 
+from ..checks import one_of
 from ..errors import TaskvecError
 from ..inputs.batching import batches
-from ..inputs.prompts import Prompt
+from ..inputs.prompts import Prompt, prompt_list
 from ..models.model import Model
 from .heads import read_heads
 from .positions import check_at, resolve
@@ -91,13 +92,15 @@ def collect(
         >>> collect(m, prompts, site="heads", at="last").mean.shape    # doctest: +SKIP
         torch.Size([18, 4, 256])
     """
-    if site not in SITES:
-        raise TaskvecError(f"site={site!r}: use one of {SITES}")
+    one_of("site", site, SITES)
     check_at(at)
-    prompts = list(prompts)
-    if not prompts:
-        raise TaskvecError("no prompts given: pass at least one prompt")
-    chosen = list(range(model.n_layers)) if layers is None else list(layers)
+    prompts = prompt_list(prompts)
+    if layers is None:
+        chosen = list(range(model.n_layers))
+    else:  # the one layer check, keeping the caller's order (rows follow it)
+        model.check_layers(layers)
+        chosen = [model.check_layer(x, "layers") for x in ([layers] if getattr(layers, "ndim", None) == 0
+                                                                       or not hasattr(layers, "__iter__") else layers)]
     read = read_resid if site == "resid" else read_heads
     acc, kept = StreamingMean(), []
     for chunk in batches(prompts, batch_size, desc=desc or f"{site} ({at})", progress=progress):

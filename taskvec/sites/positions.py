@@ -57,9 +57,17 @@ def _resolve(model: Model, batch: Batch, at: str | int) -> torch.Tensor:
         return model.position(batch, at)
     if at == "last":
         return model.position(batch, -1)
-    need = 1 if at == "query" else 2
     delims = model.delimiters(batch)
-    for i, d in enumerate(delims):
-        if len(d) < need:
-            raise TaskvecError(f"prompt {i} has no demonstration: at='last_demo' needs few-shot prompts")
-    return torch.tensor([d[-need] for d in delims], dtype=torch.long)
+    out = []
+    for i, (p, d) in enumerate(zip(batch.prompts, delims)):
+        if at == "query":
+            if not p.has_query:
+                raise TaskvecError(f"prompt {i} has no query: at='query' needs prompts that end with one; build them "
+                                   "with taskvec.icl_prompt(demos, x) (or icl_prompt([], x) for a query alone)")
+            out.append(d[-1])
+        else:
+            if p.n_demos < 1:
+                raise TaskvecError(f"prompt {i} has no demonstration: at='last_demo' needs few-shot prompts "
+                                   "(taskvec.icl_prompt(demos, x) with at least one demo)")
+            out.append(d[-2] if p.has_query else d[-1])
+    return torch.tensor(out, dtype=torch.long)
