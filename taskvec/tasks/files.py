@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..checks import count, integer
 from ..errors import TaskvecError
 from .task import SPLITS, Item, Task
 
@@ -57,6 +59,17 @@ def load_task(
         >>> t.name, len(t), sorted(t.sizes()[s] for s in ("val", "test"))
         ('caps', 3, [1, 2])
     """
+    if not isinstance(path, (str, Path)):
+        raise TaskvecError(f"path={path!r} is a {type(path).__name__}: pass the path of a .json or .csv file")
+    seed = integer("seed", seed)
+    if n_val is not None:
+        n_val = count("n_val", n_val, fix="or None for the default")
+    for key, value in (("name", name), ("instruction", instruction)):
+        if value is not None and not isinstance(value, str):
+            raise TaskvecError(f"{key}={value!r} is a {type(value).__name__}: pass a str (or leave it out)")
+    if task_words is not None and (isinstance(task_words, str) or not all(isinstance(w, str) and w
+                                                                            for w in task_words)):
+        raise TaskvecError(f"task_words={task_words!r}: pass a list of non-empty words, e.g. ['capital', 'city']")
     p = Path(path)
     if not p.is_file():
         raise TaskvecError(f"task file {p} does not exist: pass the path of a .json or .csv file")
@@ -142,9 +155,25 @@ def draw_splits(items: Sequence[Item], *, seed: int = 0, n_val: int | None = Non
 # --- reading ---------------------------------------------------------------------------------
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def _read_json(p: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+    try:  # utf-8-sig: a leading byte-order mark (as some editors write) is not part of the JSON
+        data = json.loads(p.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as err:
+        raise TaskvecError(f"{p}, field {err.args[0]!r}: appears twice in one object, and JSON would silently keep "
+                           "only the last one: merge the two into one field") from None
     except json.JSONDecodeError as err:
         raise TaskvecError(f"{p}, line {err.lineno}: not valid JSON ({err.msg}): fix the syntax") from err
     except UnicodeDecodeError as err:
@@ -187,9 +216,36 @@ def _read_csv(p: Path) -> list[tuple[str, dict[str, Any]]]:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise TaskvecError(f"{p}: not UTF-8 text: save the file as UTF-8") from err
-    reader = csv.reader(text.splitlines(keepends=True))
+    lines = text.splitlines(keepends=True)
+    # strict: a quote left open is an error at the end of the data, not a cell that swallows the
+    # rest of the file; the field limit is lifted (and restored) so a long cell is read, not refused
+    reader = csv.reader(lines, strict=True)
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, min(sys.maxsize, 2**31 - 1)))
     try:
-        header = [h.strip().lower() for h in next(reader)]
+        return _read_csv_rows(p, reader, lines)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _next_row(p: Path, reader: Any, lines: list[str]) -> list[str]:
+    start = reader.line_num + 1
+    try:
+        return next(reader)
+    except csv.Error as err:
+        end = reader.line_num
+        quoted = lines[start - 1].count('"') % 2 == 1 if start <= len(lines) else False
+        if quoted or "end of data" in str(err) or "expected after" in str(err):
+            raise TaskvecError(
+                f"{p}, line {start}: a quoted cell that starts on this line is not closed where it should be "
+                f"(the csv reader ran to line {end}: {err}): close the quote, and write a quote inside a cell as "
+                "two quotes \"\"") from None
+        raise TaskvecError(f"{p}, line {start}: not valid CSV ({err}): fix this line") from None
+
+
+def _read_csv_rows(p: Path, reader: Any, lines: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        header = [h.strip().lower() for h in _next_row(p, reader, lines)]
     except StopIteration:
         raise TaskvecError(f"{p}, line 1: the file is empty: add the header input,output[,emoji][,split]") from None
     for h in header:
@@ -203,8 +259,14 @@ def _read_csv(p: Path) -> list[tuple[str, dict[str, Any]]]:
             raise TaskvecError(f"{p}, line 1, field {need!r}: missing column: the header must be "
                                "input,output[,emoji][,split]")
     rows = []
-    for cells in reader:
-        where = f"line {reader.line_num}"
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = _next_row(p, reader, lines)
+        except StopIteration:
+            break
+        where = f"line {start}" if reader.line_num == start else f"line {start} (a quoted cell runs to line " \
+                f"{reader.line_num})"
         if not any(c.strip() for c in cells):
             continue
         if len(cells) != len(header):
@@ -252,6 +314,11 @@ def _check_text(p: Path, where: str, field: str, v: str) -> str:
     if "\n" in s or "\r" in s:
         raise TaskvecError(f"{p}, {where}, field {field!r}: contains a line break, which the Q:/A: template "
                            "uses between examples: put it on one line")
+    from ..inputs.prompts import IMAGE
+
+    if IMAGE in s:
+        raise TaskvecError(f"{p}, {where}, field {field!r}: contains {IMAGE!r}, taskvec's image placeholder, which "
+                           "a prompt would read as an image: give images in the 'emoji' field, and rephrase the text")
     if "A:" in s:
         raise TaskvecError(f"{p}, {where}, field {field!r}: contains 'A:', the template's answer marker, which "
                            "would add a delimiter: rephrase it")
