@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 EPILOG = """examples:
   taskvec demo                                  # the main demo on the embedded models
@@ -18,11 +19,185 @@ EPILOG = """examples:
 """
 
 
+#: escapes a prompt typed on the command line may hold, and the characters they stand for
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+_ESCAPE = re.compile(r"\\([nt\\])")
+
+#: options that are counts (whole numbers >= 1), by their argparse ``dest``
+_COUNTS = {"n": "-n", "shots": "--shots", "top_k": "--top-k", "batch_size": "--batch-size", "n_val": "--n-val",
+           "n_test": "--n-test"}
+
+
+def prompt_text(arg: str) -> str:
+    r"""A prompt typed on the command line, as the text the model sees.
+
+    Only three escapes are turned into characters: ``\n`` (a newline), ``\t`` (a tab) and ``\\``
+    (one backslash). Everything else is kept as typed: non-ASCII text, and any other backslash
+    (``C:\Users``).
+
+    Example:
+        >>> prompt_text(r"Q:café\nA:")
+        'Q:café\nA:'
+        >>> prompt_text(r"Q:C:\Users\nA:")
+        'Q:C:\\Users\nA:'
+        >>> prompt_text(r"a\\nb")         # an escaped backslash, then the letter n
+        'a\\nb'
+    """
+    return _ESCAPE.sub(lambda m: _ESCAPES[m.group(1)], arg)
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """Refuse a count below 1 (``-n 0`` would mean 'all items' further down), before any work."""
+    from .checks import count
+
+    for dest, option in _COUNTS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            count(option, value)
+
+
+def _reason(err: BaseException) -> str:
+    return (err.strerror if isinstance(err, OSError) and err.strerror else str(err)) or type(err).__name__
+
+
+def _writable_folder(folder: Path, option: str, asked: str) -> None:
+    """Create ``folder`` (and its parents) and check a file can be created in it; else raise a
+    TaskvecError naming the option."""
+    from .errors import TaskvecError
+
+    fix = f"pass a {option} in a folder you can write to"
+    for parent in (folder, *folder.parents):
+        try:
+            if not (parent.exists() or parent.is_symlink()):
+                continue
+        except OSError as err:
+            raise TaskvecError(f"{option} {asked!r}: cannot look at {parent} ({_reason(err)}): {fix}") from err
+        if not parent.is_dir():
+            raise TaskvecError(f"{option} {asked!r}: {parent} is a file, not a folder: {fix}")
+        break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TaskvecError(f"{option} {asked!r}: cannot create the folder {folder} ({_reason(err)}): {fix}") from err
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".taskvec-write-check-"):
+            pass
+    except OSError as err:
+        raise TaskvecError(f"{option} {asked!r}: cannot write in {folder} ({_reason(err)}): {fix}") from err
+
+
+def writable_file(path: str | Path, option: str, *, also: Sequence[Path] = ()) -> Path:
+    """Check, before any work, that the file an option names can be written: its folder is
+    created if missing; a parent that is a file, a path that is a folder, or a folder that cannot
+    be written is a TaskvecError naming the option. ``also``: more files written beside it.
+
+    Example:
+        >>> writable_file("", "--out")
+        Traceback (most recent call last):
+        ...
+        taskvec.errors.TaskvecError: --out is empty: pass a file path
+    """
+    from .errors import TaskvecError
+
+    asked = str(path)
+    if not asked.strip():
+        raise TaskvecError(f"{option} is empty: pass a file path")
+    target = Path(path).expanduser()
+    _writable_folder(target.parent, option, asked)
+    for file in (target, *also):
+        if file.is_dir():
+            raise TaskvecError(f"{option} {asked!r}: {file} is a folder: pass a file path")
+        if file.exists():
+            try:
+                with open(file, "ab"):  # opened to append nothing: the content is untouched
+                    pass
+            except OSError as err:
+                raise TaskvecError(f"{option} {asked!r}: cannot overwrite {file} ({_reason(err)}): pass another "
+                                   f"{option} or make the file writable") from err
+    return target
+
+
+def writable_dir(path: str | Path, option: str) -> Path:
+    """Check, before any work, that the folder an option names can be written (created if missing)."""
+    from .errors import TaskvecError
+
+    asked = str(path)
+    if not asked.strip():
+        raise TaskvecError(f"{option} is empty: pass a folder")
+    folder = Path(path).expanduser()
+    _writable_folder(folder, option, asked)
+    return folder
+
+
+class OutputRescued(Exception):
+    """The work is done but an output could not be written where asked; it was saved elsewhere
+    (``taskvec`` exits with status 1 and says where)."""
+
+
+def _taken(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def save_outputs(outputs: Sequence[tuple[Path, Callable[[Path], Any]]], *,
+                 taken: Callable[[Path], bool] = _taken) -> None:
+    """Write each ``(path, write)`` after the work. One that fails is written instead in the current
+    folder, else the temp folder, under a name for which ``taken`` is false (``NAME-1.csv``...),
+    and :class:`OutputRescued` says where."""
+    notes = []
+    for target, write in outputs:
+        try:
+            write(target)
+            continue
+        except Exception as err:  # noqa: BLE001 - whatever the write raised, the work must not be lost
+            failed = err
+        spare = None
+        for folder in dict.fromkeys((Path.cwd(), Path(tempfile.gettempdir()))):
+            for i in range(1000):
+                stem, suffix = (target.stem, target.suffix) if taken is _taken else (target.name, "")
+                candidate = folder / (target.name if i == 0 else f"{stem}-{i}{suffix}")
+                if not taken(candidate):
+                    break
+            try:
+                write(candidate)
+            except Exception:  # noqa: BLE001 - try the next folder
+                continue
+            spare = candidate.resolve()
+            break
+        if spare is None and not isinstance(failed, OSError):
+            raise failed  # not a place that cannot be written: a bug, shown as such
+        notes.append(f"could not write {target} ({_reason(failed)}); " +
+                     (f"saved it as {spare} instead" if spare else
+                      "nor a copy in the current folder or the temp folder: this result is lost"))
+    if notes:
+        raise OutputRescued("; ".join(notes))
+
+
+def _loaded(what: str, path: str, load: Callable[[], Any]) -> Any:
+    """``load()``, with anything it raises for a bad file (corrupt, truncated, a key missing) shown
+    as a TaskvecError naming ``what`` and ``path``."""
+    from .errors import TaskvecError
+
+    try:
+        return load()
+    except TaskvecError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a bad input file must not end in a traceback
+        raise TaskvecError(f"cannot load the {what} {path!r}: {type(err).__name__}: {err}") from err
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.demo import run_demo
 
-    run_demo(args.model, args.task, vlm_name=args.vlm or None, n_queries=args.n, n_shots=args.shots, seed=args.seed,
-             out=args.out)
+    out = writable_file(args.out, "--out")
+    try:
+        run_demo(args.model, args.task, vlm_name=args.vlm or None, n_queries=args.n, n_shots=args.shots,
+                 seed=args.seed, out=out)
+    except OSError as err:
+        names = {str(p) for p in (out, *out.parents)}
+        if str(getattr(err, "filename", None)) not in names:
+            raise
+        raise OutputRescued(f"the demo ran but its report could not be written to {out} ({_reason(err)}): the "
+                            "report is lost; run it again with another --out") from err
     return 0
 
 
@@ -43,39 +218,50 @@ def _cmd_lens(args: argparse.Namespace) -> int:
     from .methods.lens import lens
     from .models.loading import load
 
+    out = writable_file(args.out, "--out") if args.out else None
+    prompts = [prompt_text(p) for p in args.prompts]
     model = load(args.model)
-    prompts = [p.encode().decode("unicode_escape") for p in args.prompts]
     result = lens(model, prompts, top_k=args.top_k, position=args.position)
     table = result.df.assign(token=result.df.token.map(repr))
     wide = table.pivot_table(index=["prompt", "layer"], columns="rank", values="token", aggfunc="first")
     print(wide.to_string())
-    if args.out:
-        result.df.to_csv(args.out, index=False)
-        print(f"wrote {args.out}")
+    if out is not None:
+        save_outputs([(out, lambda path: result.df.to_csv(path, index=False))])
+        print(f"wrote {out}")
     return 0
 
 
 def _task(name: str):  # noqa: ANN202
     from .tasks import get_task, load_task
 
-    return load_task(name) if name.endswith((".json", ".csv")) else get_task(name)
+    if name.endswith((".json", ".csv")):
+        return _loaded("task file", name, lambda: load_task(name))
+    return get_task(name)
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    from .errors import TaskvecError
     from .experiments.cross_modal import pairs
-    from .models.loading import load
+    from .interventions.files import paths, stem
     from .methods.vectors import extract_icl, extract_instruction
+    from .models.loading import load
 
-    model = load(args.model)
+    if not args.out.strip():
+        raise TaskvecError("--out is empty: pass a path stem (it writes STEM.safetensors and STEM.json)")
+    out = stem(Path(args.out).expanduser())
+    st, js = paths(out)
+    writable_file(st, "--out", also=[js])
     task = _task(args.task)
-    if args.spec == "instruction":
+    items = None if args.spec == "instruction" else pairs(task, args.split, args.spec, args.n)
+    model = load(args.model)
+    if items is None:
         vec = extract_instruction(model, task.instruction, task=task.name)
     else:
-        items = pairs(task, args.split, args.spec, args.n)
         vec = extract_icl(model, items, task=task.name, n_shots=args.shots, seeds=tuple(args.seeds),
                           batch_size=args.batch_size)
-    out = vec.save(args.out)
-    print(f"{vec}\nwrote {out} and {out.with_suffix('.json')}")
+    print(vec)
+    save_outputs([(out, vec.save)], taken=lambda path: any(_taken(f) for f in paths(path)))
+    print(f"wrote {st} and {js}")
     return 0
 
 
@@ -87,12 +273,13 @@ def _cmd_patch(args: argparse.Namespace) -> int:
     from .methods.patching import best_layer, layer_sweep, patch_predict
     from .methods.vectors import TaskVector
 
-    vec = TaskVector.load(args.vector)
-    model = load(args.model or vec.model_name)
+    out = writable_dir(args.out_dir, "--out-dir") if args.out_dir else None
+    vec = _loaded("task vector", args.vector, lambda: TaskVector.load(args.vector))
     task = _task(args.task or vec.task)
-    transfer = model.name != vec.model_name  # --model names another model: LLM->VLM transfer is what was asked
     val = zero_shot(pairs(task, "val", args.query, args.n_val))
     test = zero_shot(pairs(task, "test", args.query, args.n_test))
+    model = load(args.model or vec.model_name)
+    transfer = model.name != vec.model_name  # --model names another model: LLM->VLM transfer is what was asked
     if args.layer is None:
         sweep = layer_sweep(model, vec, val, allow_transfer=transfer, batch_size=args.batch_size)
         by_layer = sweep.groupby("layer").correct.mean()
@@ -105,15 +292,15 @@ def _cmd_patch(args: argparse.Namespace) -> int:
     alone = predict(model, test, batch_size=args.batch_size)
     print(f"\n{task.name}: {len(test)} {args.query} test queries, vector {vec.spec} from {vec.model_name}, layer {layer}")
     print(f"  no context  {accuracy(alone, labels):.2f}\n  patched     {accuracy(patched, labels):.2f}")
-    if args.out_dir:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         import pandas as pd
 
-        pd.DataFrame({"query": [str(q.text) for q in test], "label": labels, "no_context": alone,
-                      "patched": patched}).to_csv(out / "predictions.csv", index=False)
+        table = pd.DataFrame({"query": [str(q.text) for q in test], "label": labels, "no_context": alone,
+                              "patched": patched})
+        outputs = [(out / "predictions.csv", lambda path: table.to_csv(path, index=False))]
         if sweep is not None:
-            sweep.to_csv(out / "validation_sweep.csv", index=False)
+            outputs.append((out / "validation_sweep.csv", lambda path: sweep.to_csv(path, index=False)))
+        save_outputs(outputs)
         print(f"wrote {out}/predictions.csv" + (" and validation_sweep.csv" if sweep is not None else ""))
     return 0
 
@@ -265,11 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lens", help="logit lens of prompts: top-k tokens per layer",
                        epilog='example: taskvec lens "Q:France\\nA:Paris\\n\\nQ:Japan\\nA:" --out lens.csv',
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("prompts", nargs="+", help="prompt texts (\\n escapes are understood)")
+    p.add_argument("prompts", nargs="+", help="prompt texts: \\n, \\t and \\\\ are a newline, a tab and a "
+                                              "backslash; anything else is kept as typed")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--position", type=int, default=-1, help="token position (default -1, the last)")
-    p.add_argument("--out", help="write the tidy table as CSV here")
+    p.add_argument("--out", help="write the tidy table as CSV here (checked before the model loads)")
     p.set_defaults(func=_cmd_lens)
 
     p = sub.add_parser("extract", help="extract a task vector (text ICL, image ICL or instruction) and save it",
@@ -281,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", choices=["text", "image", "instruction"], default="text",
                    help="how the task is specified (default text ICL)")
     p.add_argument("--split", default="val", help="split the examples come from (default val)")
-    p.add_argument("-n", type=int, default=None, help="use at most n items of the split")
+    p.add_argument("-n", type=int, default=None, help="use at most n items of the split (n >= 1; default all)")
     p.add_argument("--shots", type=int, default=5)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="ICL seeds averaged (default 0 1 2)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -325,10 +513,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import TaskvecError
 
     try:
+        _check_counts(args)
         return args.func(args, extra) if getattr(args, "passthrough", False) else args.func(args)
     except TaskvecError as err:
         print(f"taskvec: error: {err}", file=sys.stderr)
         return 2
+    except OutputRescued as err:  # the work is done and saved, not where asked
+        print(f"taskvec: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
