@@ -9,11 +9,12 @@ from typing import Any, Sequence
 
 import torch
 
+from ..checks import finite
 from ..errors import TaskvecError
 from ..inputs.prompts import Prompt
 from ..models.model import Batch, Model
 from ..sites.heads import write_heads
-from .files import load_artifact, save_artifact
+from .files import load_artifact, loading, save_artifact
 from .run import batch_logits, generate, predict
 
 FORMAT = "taskvec.HeadIntervention"
@@ -56,6 +57,13 @@ class HeadIntervention:
                 f"dimension); got {tuple(self.values.shape)} and {tuple(self.mask.shape)}"
             )
         self.mask = self.mask.to(torch.bool)
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        where = "row, layer, head, d_head" if self.values.dim() == 4 else "layer, head, d_head"
+        finite(f"this {self.method} head intervention's values", self.values, where=where,
+               fix="patching them would make every prediction meaningless; fit it again (or rebuild it from finite "
+                   "values)")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -82,6 +90,7 @@ class HeadIntervention:
                 f"this {self.method} intervention is for heads of shape {self.shape} "
                 f"(layers, heads, d_head) from {self.model_name}, but {model.name} has {shape}: fit it on this model"
             )
+        self._check_finite()  # again: the values can be changed in place after the intervention is made
 
     check_compatible = check
 
@@ -115,21 +124,39 @@ class HeadIntervention:
 
     # --- files ----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` (values, mask) and ``<path>.json``; returns the safetensors path."""
+        """Write ``<path>.safetensors`` (values, mask) and ``<path>.json``; returns the safetensors path.
+
+        ``path`` is kept as given (``"run.v1"`` writes ``run.v1.safetensors``); a file of another
+        kind there is never replaced; NaN or inf is refused.
+        """
         if self.values.dim() != 3:
             raise TaskvecError("a per-row (REINFORCE batch) head intervention cannot be saved: save a fitted one")
-        return save_artifact(path, {"values": self.values.float(), "mask": self.mask.to(torch.uint8)},
-                             dict(method=self.method, model_name=self.model_name, shape=list(self.values.shape),
-                                  meta=self.meta), f"{FORMAT}/1")
+        n_layers, n_heads, d_head = self.shape
+        info = dict(method=self.method, model_name=self.model_name, shape=list(self.values.shape), n_layers=n_layers,
+                    n_heads=n_heads, d_head=d_head, meta=self.meta)
+        return save_artifact(path, {"values": self.values.float(), "mask": self.mask.to(torch.uint8)}, info,
+                             f"{FORMAT}/1", "head intervention",
+                             where={"values": "layer, head, d_head", "mask": "layer, head"})
 
     @classmethod
     def load(cls, path: str | Path, model: Model | None = None) -> "HeadIntervention":
-        """Read what :meth:`save` wrote; with ``model``, refuse one of another shape."""
-        tensors, info = load_artifact(path, FORMAT, "head intervention")
-        out = cls(tensors["values"], tensors["mask"].bool(), info["model_name"], info.get("method", "custom"),
-                  info.get("meta", {}))
-        if model is not None:
-            out.check(model)
+        """Read what :meth:`save` wrote; with ``model``, refuse one of another shape.
+
+        Every problem with the files (missing, corrupt, truncated, another kind of artefact, shapes
+        that disagree with the JSON, NaN or inf) raises a :class:`~taskvec.TaskvecError` naming the file.
+        """
+        tensors, info = load_artifact(path, FORMAT, "head intervention", keys=("model_name",),
+                                      tensors={"values": ("n_layers", "n_heads", "d_head"),
+                                               "mask": ("n_layers", "n_heads")})
+        with loading(path, "head intervention"):
+            if "shape" in info and info["shape"] != list(tensors["values"].shape):
+                raise TaskvecError(f"the JSON says shape={info['shape']} but the values are "
+                                   f"{list(tensors['values'].shape)}: the two files do not belong together; save it "
+                                   "again")
+            out = cls(tensors["values"], tensors["mask"].bool(), str(info["model_name"]),
+                      str(info.get("method", "custom")), info.get("meta", {}))
+            if model is not None:
+                out.check(model)
         return out
 
 

@@ -21,17 +21,19 @@ AdamW with a cosine schedule.
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from ..checks import count, finite, integer
 from ..errors import TaskvecError
 from ..inputs.prompts import Prompt
 from ..models.model import Batch, Model
 from ..sites.attention import attention_logits, check_supported
 from ..sites.heads import merge_heads
-from .files import load_artifact, save_artifact
+from .files import load_artifact, loading, save_artifact
 from .run import batch_logits, generate, predict
 
 FORMAT = "taskvec.MimIC"
@@ -65,10 +67,9 @@ class MimIC(torch.nn.Module):
     def __init__(self, n_layers: int, n_heads: int, d_head: int, *, layers: Sequence[int] | None = None,
                  model_name: str = "", meta: dict[str, Any] | None = None) -> None:
         super().__init__()
+        n_layers, n_heads, d_head = count("n_layers", n_layers), count("n_heads", n_heads), count("d_head", d_head)
         self.n_layers, self.n_heads, self.d_head = n_layers, n_heads, d_head
-        self.layers = sorted(set(range(n_layers) if layers is None else (int(x) % n_layers for x in layers)))
-        if not self.layers:
-            raise TaskvecError("MimIC needs at least one layer: pass layers=None for all")
+        self.layers = check_layers(layers, n_layers)
         n = len(self.layers)
         self.shift = torch.nn.Parameter(torch.zeros(n, n_heads, d_head))
         self.gate_w = torch.nn.Parameter(torch.zeros(n, n_heads, d_head))
@@ -108,6 +109,16 @@ class MimIC(torch.nn.Module):
                 f"this MimIC was built for (layers, heads, d_head) = {mine} ({self.model_name}), but {model.name} "
                 f"has {theirs}: train one on this model"
             )
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Raise, naming the layer and head, if a parameter holds NaN or inf."""
+        for name, p in (("shift", self.shift), ("gate_w", self.gate_w), ("gate_b", self.gate_b)):
+            for i, layer in enumerate(self.layers):
+                finite(f"this MimIC's {name} at layer {layer}", p[i].detach(),
+                       where="head, d_head" if p.dim() == 3 else "head",
+                       fix="it would make every prediction meaningless; train it again (a lower learning rate "
+                           "may help)")
 
     # --- the intervention -----------------------------------------------------------------------
     def magnitude(self, index: int, query: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -166,22 +177,63 @@ class MimIC(torch.nn.Module):
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` (v, w, b) and ``<path>.json``; returns the safetensors path."""
+        """Write ``<path>.safetensors`` (v, w, b) and ``<path>.json``; returns the safetensors path.
+
+        ``path`` is kept as given; a file of another kind there is never replaced; NaN or inf is refused.
+        """
         info = dict(model_name=self.model_name, n_layers=self.n_layers, n_heads=self.n_heads, d_head=self.d_head,
                     layers=self.layers, n_parameters=self.n_parameters, meta=self.meta)
-        return save_artifact(path, {k: v.float() for k, v in self.state_dict().items()}, info, f"{FORMAT}/1")
+        self._check_finite()
+        return save_artifact(path, {k: v.float() for k, v in self.state_dict().items()}, info, f"{FORMAT}/1",
+                             "MimIC parameters")
 
     @classmethod
     def load(cls, path: str | Path, model: Model | None = None) -> "MimIC":
         """Read what :meth:`save` wrote; with ``model``, refuse one of another shape.
 
+        Every problem with the files (missing, corrupt, truncated, another kind of artefact, shapes
+        that disagree with the JSON, layers out of range, NaN or inf) raises a
+        :class:`~taskvec.TaskvecError` naming the file.
+
         Example:
             >>> mim2 = MimIC.load("runs/capital-mimic", m)    # doctest: +SKIP
         """
-        tensors, info = load_artifact(path, FORMAT, "MimIC parameters")
-        out = cls(info["n_layers"], info["n_heads"], info["d_head"], layers=info["layers"],
-                  model_name=info.get("model_name", ""), meta=info.get("meta", {}))
-        out.load_state_dict(tensors)
-        if model is not None:
-            out.check(model)
+        shifted = ("n_shifted_layers", "n_heads", "d_head")
+        tensors, info = load_artifact(path, FORMAT, "MimIC parameters", keys=("n_layers", "n_heads", "d_head", "layers"),
+                                      tensors={"shift": shifted, "gate_w": shifted, "gate_b": shifted[:2]})
+        with loading(path, "MimIC parameters"):
+            out = cls(info["n_layers"], info["n_heads"], info["d_head"], layers=info["layers"],
+                      model_name=str(info.get("model_name", "")), meta=info.get("meta", {}))
+            if len(out.layers) != tensors["shift"].shape[0] or len(info["layers"]) != len(out.layers):
+                raise TaskvecError(f"the JSON lists layers {info['layers']} but the tensors hold "
+                                   f"{tensors['shift'].shape[0]} shifted layers: the two files do not belong "
+                                   "together; save it again")
+            out.load_state_dict({k: tensors[k] for k in ("shift", "gate_w", "gate_b")})
+            if model is not None:
+                out.check(model)
         return out
+
+
+def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    """MimIC's layers: ``None`` is every layer; else one or a list of whole numbers in ``-n_layers..n_layers-1``
+    (negative counts from the end), returned 0-based and sorted. Nothing is wrapped or truncated.
+
+    Example:
+        >>> check_layers([-1, 0], 4)
+        [0, 3]
+        >>> check_layers([99], 4)
+        Traceback (most recent call last):
+        ...
+        taskvec.errors.TaskvecError: layers[0]=99 is out of range: pass a whole number in -4..3 (the model has 4 layers; ...
+    """
+    if layers is None:
+        return list(range(n_layers))
+    if isinstance(layers, (str, bytes)):
+        raise TaskvecError(f"layers={layers!r} is a string: pass a list of layer indices (or None for every layer)")
+    one = isinstance(layers, numbers.Number) or getattr(layers, "ndim", None) == 0
+    chosen = [layers] if one else list(layers)
+    if not chosen:
+        raise TaskvecError("MimIC needs at least one layer: pass layers=None for all")
+    fix = f"the model has {n_layers} layers; negative ones count from the end"
+    return sorted({integer(f"layers[{i}]", x, low=-n_layers, high=n_layers - 1, fix=fix) % n_layers
+                   for i, x in enumerate(chosen)})

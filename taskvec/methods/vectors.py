@@ -13,9 +13,10 @@ from typing import Any, Sequence
 
 import torch
 
+from ..checks import finite
 from ..errors import TaskvecError
 from ..inputs.prompts import GENERIC, Template, instruction_prompt, sample_icl_prompts
-from ..interventions.files import load_artifact, save_artifact
+from ..interventions.files import load_artifact, loading, save_artifact
 from ..interventions.residual import ResidualPatch
 from ..models.model import Model
 from ..sites.collect import read_residuals
@@ -57,6 +58,7 @@ class TaskVector:
             raise TaskvecError(f"a task vector is [n_layers, d_model]; got shape {tuple(self.vectors.shape)}")
         if self.spec not in SPECS:
             raise TaskvecError(f"spec {self.spec!r} is not one of {SPECS}")
+        finite(f"task vector {self.task!r} ({self.spec}, {self.model_name})", self.vectors, where="layer, d_model")
 
     @property
     def n_layers(self) -> int:
@@ -80,8 +82,11 @@ class TaskVector:
         """Raise unless this vector can be patched into ``model``.
 
         Same width and layer count are required; another model name (LLM→VLM transfer) needs
-        ``allow_transfer=True``.
+        ``allow_transfer=True``; NaN or inf is refused (checked again here: ``vectors`` can be
+        changed in place after the vector is made).
         """
+        finite(f"task vector {self.task!r} ({self.spec}, {self.model_name})", self.vectors, where="layer, d_model",
+               fix="patching it would make every prediction meaningless; extract it again")
         if self.d_model != model.d_model or self.n_layers != model.n_layers:
             raise TaskvecError(
                 f"task vector from {self.model_name} is [{self.n_layers} x {self.d_model}] but {model.name} has "
@@ -110,17 +115,33 @@ class TaskVector:
         return torch.nn.functional.cosine_similarity(self.vectors, other.vectors, dim=-1)
 
     def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` and ``<path>.json``; returns the safetensors path."""
+        """Write ``<path>.safetensors`` and ``<path>.json``; returns the safetensors path.
+
+        ``path`` is kept as given (``"vecs/cc.text"`` writes ``vecs/cc.text.safetensors``); the
+        folder is created; a file of another kind there is never replaced; NaN or inf is refused.
+        """
         info = dict(model_name=self.model_name, spec=self.spec, task=self.task, n_prompts=self.n_prompts,
                     n_layers=self.n_layers, d_model=self.d_model, meta=self.meta)
-        return save_artifact(path, {"vectors": self.vectors}, info, f"{FORMAT}/1")
+        return save_artifact(path, {"vectors": self.vectors}, info, f"{FORMAT}/1", "task vector",
+                             where={"vectors": "layer, d_model"})
 
     @classmethod
-    def load(cls, path: str | Path) -> "TaskVector":
-        """Read a vector written by :meth:`save` (pass either file or the common stem)."""
-        tensors, info = load_artifact(path, FORMAT, "task vector")
-        return cls(tensors["vectors"], info["model_name"], info["spec"], info["task"], info["n_prompts"],
-                   info.get("meta", {}))
+    def load(cls, path: str | Path, model: Model | None = None, *, allow_transfer: bool = False) -> "TaskVector":
+        """Read a vector written by :meth:`save` (pass either file or the common stem).
+
+        Every problem with the files (missing, corrupt, truncated, another kind of artefact, shapes
+        that disagree with the JSON, NaN or inf) raises a :class:`~taskvec.TaskvecError` naming the
+        file. With ``model``, a vector of another shape or (without ``allow_transfer``) another
+        model is refused too.
+        """
+        tensors, info = load_artifact(path, FORMAT, "task vector", tensors={"vectors": ("n_layers", "d_model")},
+                                      keys=("model_name", "spec", "task", "n_prompts"))
+        with loading(path, "task vector"):
+            out = cls(tensors["vectors"], str(info["model_name"]), info["spec"], str(info["task"]),
+                      info["n_prompts"], info.get("meta", {}))
+            if model is not None:
+                out.check_compatible(model, allow_transfer=allow_transfer)
+        return out
 
 
 def extract_icl(
@@ -165,8 +186,14 @@ def extract_instruction(model: Model, instruction: str, *, task: str = "custom")
     return TaskVector(mean, model.name, "instruction", task, 1, dict(instruction=instruction))
 
 
-def ensemble(*vectors: TaskVector, weights: Sequence[float] | None = None) -> TaskVector:
+def ensemble(*vectors: TaskVector, weights: Sequence[float] | None = None,
+             model_name: str | None = None) -> TaskVector:
     """Mean (or weighted mean) of task vectors of one shape, e.g. ``(v_icl + v_inst) / 2``.
+
+    Args:
+        weights: one finite number per vector (normalised to sum 1; the sum must not be 0).
+        model_name: the model the mix is for; needed only when the vectors come from different
+            models (e.g. a VLM's and its base LLM's), so the mix never silently takes one's name.
 
     Example:
         >>> ensemble(v_icl, v_inst).spec     # doctest: +SKIP
@@ -177,11 +204,24 @@ def ensemble(*vectors: TaskVector, weights: Sequence[float] | None = None) -> Ta
     shape = vectors[0].vectors.shape
     if any(v.vectors.shape != shape for v in vectors):
         raise TaskvecError("ensemble() needs vectors of one shape: " + ", ".join(str(tuple(v.vectors.shape)) for v in vectors))
-    w = torch.tensor(list(weights) if weights is not None else [1.0] * len(vectors), dtype=torch.float32)
-    if w.shape[0] != len(vectors) or float(w.sum()) == 0:
-        raise TaskvecError("weights must give one non-zero-sum number per vector")
+    models = list(dict.fromkeys(v.model_name for v in vectors))
+    if model_name is None and len(models) > 1:
+        raise TaskvecError(f"ensemble() of vectors from different models {models}: pass model_name= the model the "
+                           "mix is for (patching it into another model then needs allow_transfer=True)")
+    try:
+        w = torch.tensor(list(weights) if weights is not None else [1.0] * len(vectors), dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TaskvecError(f"weights={weights!r}: pass one number per vector ({len(vectors)})") from None
+    if w.dim() != 1 or w.shape[0] != len(vectors):
+        raise TaskvecError(f"weights={list(weights or [])!r}: pass one number per vector ({len(vectors)})")
+    finite(f"weights={w.tolist()!r}", w, where="vector", fix="pass finite numbers")
+    if float(w.sum()) == 0:
+        raise TaskvecError(f"weights={w.tolist()!r} sum to 0: pass weights with a non-zero sum")
     stacked = torch.stack([v.vectors.float() for v in vectors])
-    mean = (stacked * (w / w.sum())[:, None, None]).sum(0)
+    mean = (stacked * (w / w.sum()).float()[:, None, None]).sum(0)
     tasks = {v.task for v in vectors}
-    return TaskVector(mean, vectors[0].model_name, "ensemble", tasks.pop() if len(tasks) == 1 else "mixed",
-                      sum(v.n_prompts for v in vectors), dict(parts=[v.spec for v in vectors], weights=w.tolist()))
+    meta: dict[str, Any] = dict(parts=[v.spec for v in vectors], weights=w.tolist())
+    if len(models) > 1:
+        meta["models"] = [v.model_name for v in vectors]
+    return TaskVector(mean, model_name if model_name is not None else models[0], "ensemble",
+                      tasks.pop() if len(tasks) == 1 else "mixed", sum(v.n_prompts for v in vectors), meta)
