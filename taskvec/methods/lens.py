@@ -361,5 +361,9 @@ def decode(model: Model, vector: torch.Tensor, layer: int | None = None, *, top_
         raise TaskvecError(
             f"vector has shape {tuple(v.shape)} but {model.name} decodes width {model.d_model}: pass a [d_model] vector"
         )
+    from ..checks import finite
+
+    finite("vector" if layer is None else f"vector at layer {layer}", v, where="d_model",
+           fix="its top tokens would be meaningless; decode a finite vector")
     table = _topk_table(model, v.reshape(1, 1, -1).float(), [layer if layer is not None else -1], top_k)
     return table.drop(columns=["prompt", "layer"])

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
+from ..checks import finite
 from ..errors import TaskvecError
 from ..inputs.prompts import GENERIC, Prompt, Template, zero_shot
 from ..inputs.trials import cyclic_order
@@ -57,6 +58,8 @@ def cluster_bank(context: torch.Tensor, mask: torch.Tensor, n_clusters: int, *, 
         raise TaskvecError(f"n_clusters={n_clusters} but only {n} activations per head: use more pairs or fewer clusters")
     out = []
     for layer, head in mask.nonzero().tolist():
+        finite(f"the with-context activations of layer {layer}, head {head}", context[:, layer, head],
+               where="pass, d_head", fix="a bank built from them would be meaningless; collect the activations again")
         x = context[:, layer, head].double().numpy()
         km = KMeans(n_clusters=n_clusters, n_init=4, random_state=seed).fit(x)
         out.append(torch.from_numpy(km.cluster_centers_).float())

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..checks import finite, integer
 from ..errors import TaskvecError
 from .vectors import TaskVector
 
@@ -91,12 +92,23 @@ def tsne(vectors: Sequence[TaskVector], layer: int, *, seed: int = 0, perplexity
     """
     from sklearn.manifold import TSNE
 
+    vectors = list(vectors)
+    if not vectors:
+        raise TaskvecError("tsne() got no vectors: pass task vectors (extract them with keep=True)")
+    widths = {v.d_model for v in vectors}
+    if len(widths) > 1:
+        seen = ", ".join(f"{v.task!r} ({v.spec}, {v.model_name}): {v.d_model}" for v in vectors)
+        raise TaskvecError(f"tsne() needs vectors of one width (d_model), got {seen}: embed the vectors of each "
+                           "model separately")
+    n_layers = min(v.n_layers for v in vectors)
+    layer = integer("layer", layer, low=0, high=n_layers - 1, fix=f"the vectors have layers 0..{n_layers - 1}")
     blocks, labels = [], []
     for v in vectors:
         rows = v.rows if v.rows is not None else v.vectors[None]
-        if not 0 <= layer < v.n_layers:
-            raise TaskvecError(f"layer {layer} is out of range: vectors have layers 0..{v.n_layers - 1}")
-        blocks.append(rows[:, layer].float().numpy())
+        block = rows[:, layer].float()
+        finite(f"the per-prompt rows of task vector {v.task!r} ({v.spec})", block, where="prompt, d_model",
+               fix="extract the vector again")
+        blocks.append(block.numpy())
         labels += [(v.task, v.spec)] * rows.shape[0]
     x = np.concatenate(blocks)
     if x.shape[0] < 3:
