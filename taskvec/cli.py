@@ -383,7 +383,11 @@ def run_child(cmd: Sequence[str], *, env: dict | None = None, grace: float | Non
     import time
 
     grace = STOP_GRACE_S if grace is None else grace
-    proc = subprocess.Popen(list(cmd), env=env, process_group=0)
+    if os.name != "posix":  # no process groups to signal: the child shares the console's Ctrl-C
+        return subprocess.call(list(cmd), env=env)
+    # its own process group (same session, so it still writes to the terminal); Python 3.10: setsid
+    group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+    proc = subprocess.Popen(list(cmd), env=env, **group)
     got: list[float] = []
 
     def kill_group(sig: int) -> None:
