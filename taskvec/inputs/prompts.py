@@ -42,6 +42,12 @@ class Template:
     prefix: str = ""
 
     def __post_init__(self) -> None:
+        for key in ("name", "demo", "query", "marker", "prefix"):
+            if not isinstance(getattr(self, key), str):
+                raise TaskvecError(f"Template {key}={getattr(self, key)!r} is a {type(getattr(self, key)).__name__}: "
+                                   "pass a str")
+        if not self.marker:
+            raise TaskvecError(f"template {self.name!r}: marker='' is empty: pass the answer marker, e.g. 'A:'")
         if not self.query.endswith(self.marker):
             raise TaskvecError(
                 f"template {self.name!r}: the query format {self.query!r} must end with the answer marker "

@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
+from ..checks import count, integer
 from ..errors import TaskvecError
-from .prompts import GENERIC, Prompt, Template, sample_icl_prompts, zero_shot
+from .prompts import GENERIC, Prompt, Template, _pairs, sample_icl_prompts, zero_shot
 
 
 def icl_trials(
@@ -35,9 +36,10 @@ def icl_trials(
         >>> len(ctx), ctx[0].n_demos, alone[0].n_demos, ctx[0].label == alone[0].label
         (6, 2, 0, True)
     """
-    pairs = list(pairs)
-    if n_trials < 1:
-        raise TaskvecError(f"n_trials={n_trials}: ask for at least one trial")
+    n_trials = count("n_trials", n_trials, fix="trials to average over")
+    n_shots = count("n_shots", n_shots)
+    seed = integer("seed", seed)
+    pairs = _pairs(pairs, "pairs")
     if len(pairs) <= n_shots:
         raise TaskvecError(f"{len(pairs)} pairs cannot give {n_shots}-shot prompts with another query: pass more pairs or lower n_shots")
     rng = random.Random(seed)
@@ -60,7 +62,10 @@ def split_pairs(pairs: Sequence[tuple[Any, str]], holdout: float = 1 / 3, *, see
         >>> len(tr), len(ho)
         (6, 3)
     """
-    pairs = list(pairs)
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
+        raise TaskvecError(f"holdout={holdout!r}: pass the fraction of pairs to hold out, between 0 and 1 (e.g. 1/3)")
+    seed = integer("seed", seed)
+    pairs = _pairs(pairs, "pairs")
     if len(pairs) < 2:
         raise TaskvecError("need at least two pairs to hold some out: pass more pairs")
     order = list(range(len(pairs)))

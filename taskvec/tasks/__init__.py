@@ -74,6 +74,9 @@ def get_task(name: str) -> Task:
         >>> t.instruction
         "The scientific name of the animal's species in latin:"
     """
+    if not isinstance(name, str):
+        raise TaskvecError(f"name={name!r} is a {type(name).__name__}: pass a task name such as 'country-capital' "
+                           "(see taskvec.list_tasks())")
     if name not in list_tasks():
         hint = " (a file? use taskvec.load_task(path))" if name.endswith((".json", ".csv")) else ""
         raise TaskvecError(f"unknown task {name!r}{hint}: built-in tasks are {', '.join(list_tasks())}")

@@ -140,8 +140,10 @@ def draw_splits(items: Sequence[Item], *, seed: int = 0, n_val: int | None = Non
     n = len(items)
     if n < 2:
         raise TaskvecError(f"a task needs at least 2 items to split into val and test, got {n}")
+    seed = integer("seed", seed)
     if n_val is None:
         n_val = min(DEFAULT_N_VAL, max(1, n // 3))
+    n_val = count("n_val", n_val, fix=f"at most {n - 1} for {n} items")
     if not 1 <= n_val < n:
         raise TaskvecError(f"n_val={n_val} must be between 1 and {n - 1} for {n} items")
     order = list(range(n))

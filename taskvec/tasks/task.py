@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checks import integer
 from ..errors import TaskvecError
 
 #: The splits an item can belong to; ``"all"`` selects both.
@@ -112,6 +113,8 @@ class Task:
             >>> x.size
             (64, 64)
         """
+        if modality == "image":
+            integer("image_size", image_size, low=8, fix="pixels per side; the paper uses 224")
         items = self.select(split, modality, emoji_only=emoji_only)
         if modality == "text":
             return [(it.input, it.output) for it in items]
@@ -184,10 +187,10 @@ class Task:
 
 
 def _check_split(split: str) -> None:
-    if split not in (*SPLITS, "all"):
+    if not isinstance(split, str) or split not in (*SPLITS, "all"):
         raise TaskvecError(f"split {split!r} does not exist: use 'val', 'test' or 'all'")
 
 
 def _check_modality(modality: str) -> None:
-    if modality not in MODALITIES:
+    if not isinstance(modality, str) or modality not in MODALITIES:
         raise TaskvecError(f"modality {modality!r} is not supported: use 'text' or 'image'")

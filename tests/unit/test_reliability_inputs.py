@@ -209,3 +209,29 @@ def test_rule_8_float_and_transparent_images():
     assert to_rgb(pal).getpixel((0, 0)) == (255, 255, 255)
     with pytest.raises(taskvec.TaskvecError, match="image='x.png' is a str, not a PIL image"):
         to_rgb("x.png")
+
+
+def test_rule_1_the_rest_of_the_model_free_api_checks_its_arguments():
+    from taskvec.inputs.trials import icl_trials, split_pairs
+
+    with pytest.raises(taskvec.TaskvecError, match="n_trials=0: pass a whole number >= 1"):
+        icl_trials(PAIRS, 0)
+    with pytest.raises(taskvec.TaskvecError, match="n_shots=-1"):
+        icl_trials(PAIRS, 4, n_shots=-1)
+    with pytest.raises(taskvec.TaskvecError, match="holdout=2: pass the fraction"):
+        split_pairs(PAIRS, 2)
+    with pytest.raises(taskvec.TaskvecError, match="name=3 is a int: pass a task name"):
+        taskvec.get_task(3)
+    task = taskvec.get_task("country-capital")
+    with pytest.raises(taskvec.TaskvecError, match="image_size=4 is out of range"):
+        task.pairs("val", "image", image_size=4)
+    with pytest.raises(taskvec.TaskvecError, match="image_size='64' is not a whole number"):
+        task.pairs("val", "image", image_size="64")
+    with pytest.raises(taskvec.TaskvecError, match="split"):
+        task.pairs(["val"])
+    with pytest.raises(taskvec.TaskvecError, match="Template query=None is a NoneType"):
+        taskvec.Template(name="t", demo="{x}{y}", query=None, marker="A:")
+    with pytest.raises(taskvec.TaskvecError, match="marker='' is empty"):
+        taskvec.Template(name="t", demo="{x}{y}", query="{x}", marker="")
+    with pytest.raises(taskvec.TaskvecError, match="n_val=True"):
+        taskvec.tasks.draw_splits(task.items, n_val=True)
