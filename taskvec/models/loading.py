@@ -398,11 +398,11 @@ def _not_found(name: str, err: Exception, *, offline: bool = False) -> TaskvecEr
     )
 
 
-def _local_error(folder: str, err: BaseException) -> TaskvecError:
+def _local_error(folder: str, err: BaseException, stage: str) -> TaskvecError:
     """The error for a local folder that exists but could not be loaded as a model."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return TaskvecError(
-        f"cannot load the model folder {folder!r}: {first} ({type(err).__name__}; the folder holds "
+        f"cannot load the model folder {folder!r}: its {stage} cannot be loaded: {first} ({type(err).__name__}; the folder holds "
         f"{_listing(folder)}). A model folder is what save_pretrained writes: config.json, the weights "
         "(*.safetensors) and the tokenizer files"
     )
@@ -555,7 +555,7 @@ def load(
             offline = True
             kwargs["local_files_only"] = hub_kwargs["local_files_only"] = True
 
-    def failed(err: BaseException) -> TaskvecError:
+    def failed(err: BaseException, stage: str) -> TaskvecError:
         if isinstance(err, TaskvecError):
             return err
         if embedded is not None:
@@ -565,7 +565,7 @@ def load(
                 "(it is rebuilt from the installed package)"
             )
         if local:
-            return _local_error(name, err)
+            return _local_error(name, err, stage)
         if isinstance(err, ValueError) and str(err).strip():
             return TaskvecError(f"cannot load model {name!r} from the hub: {str(err).strip().splitlines()[0]}")
         return _not_found(name, err if isinstance(err, Exception) else Exception(str(err)), offline=offline)
@@ -576,7 +576,7 @@ def load(
     try:
         config = AutoConfig.from_pretrained(source, **hub_kwargs)
     except errors as err:
-        raise failed(err) from err
+        raise failed(err, "config") from err
     arch = architecture_for(config)
     vlm = arch.is_vlm  # from the table: Fuyu has no vision_config, yet takes images
     task = "image-text-to-text" if vlm else "text-generation"
@@ -589,7 +589,7 @@ def load(
             processor = None
             tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
     except errors as err:
-        raise failed(err) from err
+        raise failed(err, "processor" if vlm else "tokenizer") from err
     why = tokenizer_problem(tokenizer)
     if why:
         where = (f"delete the cache folder {source} and load again (it is rebuilt)" if embedded is not None
@@ -619,7 +619,7 @@ def load(
         try:
             hf = auto.from_pretrained(source, **load_kwargs)
         except errors as err:
-            raise failed(err) from err
+            raise failed(err, "weights") from err
         if device is not None and device_map is None:
             hf = hf.to(device)
         hf.eval()
