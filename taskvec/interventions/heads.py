@@ -61,7 +61,7 @@ class HeadIntervention:
 
     def _check_finite(self) -> None:
         where = "row, layer, head, d_head" if self.values.dim() == 4 else "layer, head, d_head"
-        finite(f"this {self.method} head intervention's values", self.values, where=where,
+        finite(f"this {self.method} head intervention", self.values, where=where,
                fix="patching them would make every prediction meaningless; fit it again (or rebuild it from finite "
                    "values)")
 

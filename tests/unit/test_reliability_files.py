@@ -312,7 +312,7 @@ def test_X10c_tsne_of_vectors_of_different_widths_names_them():
 def test_M14_a_head_intervention_with_nan_is_refused_at_creation_save_and_load_naming_layer_and_head(tmp_path):
     values = torch.zeros(2, 3, 4)
     values[1, 2, 3] = NAN
-    with refused(r"head intervention's values holds NaN or inf \(first at layer, head, d_head = \(1, 2, 3\)\)"):
+    with refused(r"this mtv head intervention holds NaN or inf \(first at layer, head, d_head = \(1, 2, 3\)\)"):
         taskvec.HeadIntervention(values, torch.ones(2, 3, dtype=torch.bool), "m", "mtv")
     iv = heads()
     iv.values[0, 1, 0] = float("inf")
