@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
+from ..checks import count, integer
 from ..errors import TaskvecError
 from ..inputs.prompts import GENERIC, Template
 from ..inputs.trials import icl_trials
@@ -99,6 +100,8 @@ def activation_deltas(
     """
     if reduce not in ("mean_norm", "norm_mean"):
         raise TaskvecError(f"reduce={reduce!r}: use 'mean_norm' or 'norm_mean'")
+    count("n_pairs", n_pairs, fix="trials to average over")
+    count("batch_size", batch_size)
     ctx, alone = icl_trials(pairs, n_pairs, n_shots=n_shots, seed=seed, template=template)
     with_ctx = head_activations(model, ctx, batch_size=batch_size, keep=True, progress=progress).rows
     # a query recurs across trials (T trials over fewer pairs): run each distinct one alone once
@@ -182,6 +185,7 @@ def top_heads(delta: torch.Tensor, k: int) -> torch.Tensor:
         [[False, True], [True, False]]
     """
     n = delta.numel()
+    k = integer("top_k", k, fix=f"choose between 1 and {n} (the model's number of heads)")
     if not 1 <= k <= n:
         raise TaskvecError(f"top_k={k}: choose between 1 and {n} (the model's number of heads)")
     mask = torch.zeros(n, dtype=torch.bool)

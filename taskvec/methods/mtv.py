@@ -18,12 +18,14 @@ for 7B models with 1024 heads).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Sequence
 
 import pandas as pd
 import torch
 
+from ..checks import count, integer
 from ..errors import TaskvecError
 from ..inputs.metric import is_correct
 from ..inputs.prompts import GENERIC, Prompt, Template, zero_shot
@@ -92,6 +94,7 @@ def mtv_search(
         >>> hist.task_loss.iloc[-20:].mean() < hist.task_loss.iloc[:20].mean()   # doctest: +SKIP
         True
     """
+    _search_args(steps, n_masks, lr, init_p)
     if means.shape != (model.n_layers, model.n_heads, model.d_head):
         raise TaskvecError(f"means must be [{model.n_layers}, {model.n_heads}, {model.d_head}], got {tuple(means.shape)}")
     queries = list(queries)
@@ -108,6 +111,17 @@ def mtv_search(
     history = reinforce(policy, reward, steps=steps, n_samples=n_masks, lr=lr, seed=seed, desc="MTV search",
                         progress=progress)
     return policy, history
+
+
+def _search_args(steps: Any, n_masks: Any, lr: Any, init_p: Any) -> None:
+    """REINFORCE's settings, checked before any work."""
+    count("steps", steps)
+    count("n_masks", n_masks, fix="MTV samples 32")
+    for name, value, fix in (("lr", lr, "a learning rate > 0, e.g. 0.1"),
+                             ("init_p", init_p, "a probability in (0, 1), e.g. 0.27")):
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+        if not ok or (name == "init_p" and not value < 1):
+            raise TaskvecError(f"{name}={value!r}: pass {fix}")
 
 
 def evaluate_masks(
@@ -156,7 +170,8 @@ def mtv_select(
     Returns:
         ``(mask [n_layers, n_heads] bool, candidates table)``.
     """
-    gen = torch.Generator().manual_seed(seed + 1)
+    n_candidates = count("n_candidates", n_candidates)
+    gen = torch.Generator().manual_seed(integer("seed", seed) + 1)
     masks = torch.cat([policy.mode()[None], policy.sample(max(0, n_candidates - 1), gen)])
     table = evaluate_masks(model, means, masks, holdout, template=template)
     best = table.sort_values(["accuracy", "loss"], ascending=[False, True]).iloc[0]
@@ -198,6 +213,12 @@ def fit_mtv(
         >>> fit.intervention.predict(m, [icl_prompt([], "Kenya")])                      # doctest: +SKIP
         ['Nairobi']
     """
+    count("n_trials", n_trials)
+    count("n_shots", n_shots)
+    count("n_candidates", n_candidates)
+    count("batch_size", batch_size)
+    integer("seed", seed)
+    _search_args(steps, n_masks, lr, init_p)
     pairs = list(pairs)
     if holdout is None:
         train, held = split_pairs(pairs, seed=seed)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..checks import integer
+from ..checks import count, integer
 from ..errors import TaskvecError
 from ..inputs.positions import delimiter_positions, marker_ids
 from ..inputs.prompts import GENERIC, IMAGE, Prompt, Template, prompt_list
@@ -341,6 +341,7 @@ class Model:
         Interventions in the block apply to the first forward (the prompt) unless written per
         step with ``tr.iter``; ``tr.result`` holds prompt + new ids.
         """
+        max_new_tokens = count("max_new_tokens", max_new_tokens, fix="the number of tokens to generate")
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("min_new_tokens", max_new_tokens)
         pad = getattr(self.tokenizer, "pad_token_id", None)

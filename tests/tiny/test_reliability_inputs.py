@@ -222,3 +222,17 @@ def test_I07c_a_16_bit_greyscale_image_reaches_the_model_scaled_not_white(vlm):
     # other modes (palette, transparent, CMYK) run too
     for im in (same.convert("P"), same.convert("LA"), same.convert("CMYK")):
         assert len(taskvec.predict(vlm, [taskvec.icl_prompt([], im)], progress=False)) == 1
+
+
+def test_rule_1_many_shot_methods_check_their_settings_before_any_work(tiny):
+    pairs = PAIRS * 2
+    _refused(tiny, lambda: taskvec.fit_mtv(tiny, pairs, steps=0, progress=False), "steps=0: pass a whole number >= 1")
+    _refused(tiny, lambda: taskvec.fit_mtv(tiny, pairs, n_candidates=0, progress=False), "n_candidates=0")
+    _refused(tiny, lambda: taskvec.fit_mtv(tiny, pairs, lr=float("nan"), progress=False), "lr=nan: pass a learning")
+    _refused(tiny, lambda: taskvec.fit_mtv(tiny, pairs, init_p=1.5, progress=False), "init_p=1.5")
+    _refused(tiny, lambda: taskvec.mtv_means(tiny, pairs, n_trials=-1, progress=False), "n_trials=-1")
+    _refused(tiny, lambda: taskvec.activation_deltas(tiny, pairs, n_pairs=0, progress=False), "n_pairs=0")
+    _refused(tiny, lambda: taskvec.activation_deltas(tiny, pairs, n_shots=2.5, progress=False), "n_shots=2.5")
+    _refused(tiny, lambda: taskvec.extract_icl(tiny, pairs, n_shots=-1, progress=False), "n_shots=-1")
+    with pytest.raises(taskvec.TaskvecError, match="max_new_tokens=0"):
+        tiny.generate(tiny.encode(["Q:a\nA:"]), max_new_tokens=0)
