@@ -231,7 +231,9 @@ def _weights_problems(files: list[Path]) -> list[str]:
 
 def _ready(target: Path, spec: Embedded, build: Callable[[Path], Any], *, tokenizer: bool = True) -> Path:
     """``target`` once it checks out against its manifest; built (or rebuilt when damaged) by
-    ``build(target)``, which writes it atomically (through :func:`taskvec.cache.building`)."""
+    ``build(target)``, which writes it atomically (through :func:`taskvec.cache.building`).
+    Temporary folders left by killed builds are removed first."""
+    cache.clean_stale(target.parent)
     if target.is_dir():
         problems = _cache_problems(target, tokenizer=tokenizer)
         if not problems:
