@@ -86,10 +86,11 @@ def _writable_folder(folder: Path, option: str, asked: str) -> None:
         raise TaskvecError(f"{option} {asked!r}: cannot write in {folder} ({_reason(err)}): {fix}") from err
 
 
-def writable_file(path: str | Path, option: str, *, also: Sequence[Path] = ()) -> Path:
+def writable_file(path: str | Path, option: str, *, also: Sequence[Path] = (), asked: str | None = None) -> Path:
     """Check, before any work, that the file an option names can be written: its folder is
     created if missing; a parent that is a file, a path that is a folder, or a folder that cannot
-    be written is a TaskvecError naming the option. ``also``: more files written beside it.
+    be written is a TaskvecError naming the option. ``also``: more files written beside it;
+    ``asked``: the value as typed, for the message (default ``path``).
 
     Example:
         >>> writable_file("", "--out")
@@ -99,9 +100,9 @@ def writable_file(path: str | Path, option: str, *, also: Sequence[Path] = ()) -
     """
     from .errors import TaskvecError
 
-    asked = str(path)
-    if not asked.strip():
+    if not str(path).strip():
         raise TaskvecError(f"{option} is empty: pass a file path")
+    asked = str(path) if asked is None else asked
     target = Path(path).expanduser()
     _writable_folder(target.parent, option, asked)
     for file in (target, *also):
@@ -150,6 +151,13 @@ def save_outputs(outputs: Sequence[tuple[Path, Callable[[Path], Any]]], *,
             continue
         except Exception as err:  # noqa: BLE001 - whatever the write raised, the work must not be lost
             failed = err
+        if not target.parent.exists():  # the folder was removed during the run: make it again
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write(target)
+                continue
+            except Exception:  # noqa: BLE001 - save it elsewhere
+                pass
         spare = None
         for folder in dict.fromkeys((Path.cwd(), Path(tempfile.gettempdir()))):
             for i in range(1000):
@@ -242,15 +250,16 @@ def _task(name: str):  # noqa: ANN202
 def _cmd_extract(args: argparse.Namespace) -> int:
     from .errors import TaskvecError
     from .experiments.cross_modal import pairs
-    from .interventions.files import paths, stem
-    from .methods.vectors import extract_icl, extract_instruction
+    from .interventions.files import check_target, paths, stem
+    from .methods.vectors import FORMAT, extract_icl, extract_instruction
     from .models.loading import load
 
     if not args.out.strip():
         raise TaskvecError("--out is empty: pass a path stem (it writes STEM.safetensors and STEM.json)")
     out = stem(Path(args.out).expanduser())
     st, js = paths(out)
-    writable_file(st, "--out", also=[js])
+    writable_file(st, "--out", also=[js], asked=args.out)
+    check_target(out, f"{FORMAT}/1", "task vector")  # never replaces another kind of artefact
     task = _task(args.task)
     items = None if args.spec == "instruction" else pairs(task, args.split, args.spec, args.n)
     model = load(args.model)

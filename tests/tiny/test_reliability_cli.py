@@ -65,15 +65,16 @@ def _seen_ids(monkeypatch):
     return seen
 
 
-def _break_folder_after(monkeypatch, module, name, folder: Path):
-    """Make ``module.name`` do its work, then turn ``folder`` into a regular file: the write that
-    follows the work fails for real (not a mocked error)."""
+def _break_folder_after(monkeypatch, module, name, folder: Path, *, remove_only: bool = False):
+    """Make ``module.name`` do its work, then turn ``folder`` into a regular file (or only remove
+    it): the write that follows the work fails for real (not a mocked error)."""
     original = getattr(module, name)
 
     def then_break(*args, **kwargs):
         result = original(*args, **kwargs)
         shutil.rmtree(folder)
-        folder.write_text("now a file")
+        if not remove_only:
+            folder.write_text("now a file")
         return result
 
     monkeypatch.setattr(module, name, then_break)
@@ -117,6 +118,13 @@ def test_C09_lens_output_that_fails_after_the_work_is_saved_in_the_current_folde
     assert rc == 1 and _error(err).startswith("taskvec: error: could not write ") and f"saved it as {cwd / 'x-1.csv'}" in err
     assert (cwd / "x.csv").read_text() == "someone else's file"
     assert len(pd.read_csv(cwd / "x-1.csv")) == 3 * 2  # 3 layers x top-2
+
+
+def test_C09_an_output_folder_removed_during_the_run_is_made_again(tiny, tmp_path, cwd, monkeypatch):
+    folder = tmp_path / "out" / "sub"
+    _break_folder_after(monkeypatch, taskvec.methods.lens, "lens", folder.parent, remove_only=True)
+    assert main(["lens", "Q:France\\nA:", "--model", tiny, "--top-k", "1", "--out", str(folder / "x.csv")]) == 0
+    assert len(pd.read_csv(folder / "x.csv")) == 3 and not list(cwd.iterdir())
 
 
 def test_C17_extract_creates_missing_folders_and_keeps_dotted_names(tiny, tmp_path):

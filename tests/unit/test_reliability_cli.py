@@ -97,6 +97,13 @@ def test_C17_extract_to_a_stem_under_a_file_stops_before_extracting(tmp_path, ca
     assert rc == 2 and "is a file, not a folder" in capsys.readouterr().err
 
 
+def test_C17_extract_never_replaces_another_kind_of_file_and_says_so_before_the_work(tmp_path, capsys):
+    (tmp_path / "cc.json").write_text('{"model_type": "llama"}')
+    rc = main(["extract", "--model", MODEL, "--task", "country-capital", "--out", str(tmp_path / "cc")])
+    assert rc == 2 and "not a taskvec artefact" in capsys.readouterr().err
+    assert (tmp_path / "cc.json").read_text() == '{"model_type": "llama"}'
+
+
 @pytest.mark.parametrize("argv", [
     ["extract", "--task", "country-capital", "-n", "0", "--out", "{tmp}/v"],
     ["extract", "--task", "country-capital", "--shots", "0", "--out", "{tmp}/v"],
