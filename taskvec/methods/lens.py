@@ -176,7 +176,10 @@ class LensResult:
 
     def probabilities(self, ids: Sequence[int]) -> torch.Tensor:
         """Probability of each token id at each prompt and layer, ``[n_prompts, n_layers, len(ids)]``."""
-        index = torch.as_tensor(list(ids), dtype=torch.long)
+        vocab = self.model.vocab_size
+        ids = [integer(f"ids[{i}]", t, low=0, high=vocab - 1, fix=f"{self.model.name} scores {vocab} tokens")
+               for i, t in enumerate(ids)]
+        index = torch.as_tensor(ids, dtype=torch.long)
         out = []
         with torch.no_grad():
             for start in range(0, self.hidden.shape[0], self.chunk):
@@ -243,9 +246,15 @@ class LensResult:
         """Stacked bars: share of prompts whose top-1 decoding is each token, per layer (paper Fig. 4)."""
         import plotly.graph_objects as go
 
+        max_tokens = count("max_tokens", max_tokens)
         top = self.top1()
         if layers is not None:
-            top = top[top.layer.isin(list(layers))]
+            chosen = self.model.check_layers(layers)
+            missing = [layer for layer in chosen if layer not in self.layers]
+            if missing:
+                raise TaskvecError(f"layers={layers!r}: layer {missing[0]} was not decoded; this result has layers "
+                                   f"{self.layers}")
+            top = top[top.layer.isin(chosen)]
         shares = top.groupby("layer")["token"].value_counts(normalize=True).rename("share").reset_index()
         keep = shares.groupby("token")["share"].max().nlargest(max_tokens).index
         shares["token"] = shares["token"].where(shares["token"].isin(keep), "(other)")

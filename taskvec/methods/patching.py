@@ -218,12 +218,19 @@ def best_layer(accuracy_by_layer: pd.DataFrame | pd.Series) -> int:
     """
     if isinstance(accuracy_by_layer, pd.DataFrame):
         df = accuracy_by_layer
+        missing = [c for c in ("layer", "correct") if c not in df.columns]
+        if missing:
+            raise TaskvecError(f"accuracy_by_layer has no column {missing[0]!r}: pass a layer_sweep DataFrame "
+                               "(columns layer, correct) or a Series of accuracies indexed by layer")
         if "task" in df.columns:
             series = df.groupby(["task", "layer"]).correct.mean().groupby("layer").mean()
         else:
             series = df.groupby("layer").correct.mean()
-    else:
+    elif isinstance(accuracy_by_layer, pd.Series):
         series = accuracy_by_layer
+    else:
+        raise TaskvecError(f"accuracy_by_layer={accuracy_by_layer!r} is a {type(accuracy_by_layer).__name__}: pass a "
+                           "layer_sweep DataFrame or a Series of accuracies indexed by layer")
     if series.empty:
         raise TaskvecError("no accuracies given: run a layer sweep first")
     best = series.max()

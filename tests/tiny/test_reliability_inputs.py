@@ -236,3 +236,20 @@ def test_rule_1_many_shot_methods_check_their_settings_before_any_work(tiny):
     _refused(tiny, lambda: taskvec.extract_icl(tiny, pairs, n_shots=-1, progress=False), "n_shots=-1")
     with pytest.raises(taskvec.TaskvecError, match="max_new_tokens=0"):
         tiny.generate(tiny.encode(["Q:a\nA:"]), max_new_tokens=0)
+
+
+def test_rule_1_a_lens_result_checks_layers_ids_and_counts(tiny, queries):
+    r = taskvec.lens(tiny, queries[:2], layers=[0, 2], top_k=2, progress=False)
+    with pytest.raises(taskvec.TaskvecError, match="layer 1 was not decoded"):
+        r.figure_top1_distribution(layers=[1])
+    with pytest.raises(taskvec.TaskvecError, match="layers='2' is a string"):
+        r.figure_top1_distribution(layers="2")
+    with pytest.raises(taskvec.TaskvecError, match="max_tokens=0"):
+        r.figure_top1_distribution(max_tokens=0)
+    with pytest.raises(taskvec.TaskvecError, match=rf"ids\[0\]={tiny.vocab_size} is out of range"):
+        r.probabilities([tiny.vocab_size])
+    with pytest.raises(taskvec.TaskvecError, match="prompt=1.0 is not a whole number"):
+        r.figure_table(1.0)
+    with pytest.raises(taskvec.TaskvecError, match="tokens='Paris': pass a list of words"):
+        r.phases({"answer": "Paris"})
+    assert r.probabilities([0, 1]).shape == (2, 2, 2)

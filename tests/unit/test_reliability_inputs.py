@@ -235,3 +235,13 @@ def test_rule_1_the_rest_of_the_model_free_api_checks_its_arguments():
         taskvec.Template(name="t", demo="{x}{y}", query="{x}", marker="")
     with pytest.raises(taskvec.TaskvecError, match="n_val=True"):
         taskvec.tasks.draw_splits(task.items, n_val=True)
+
+
+def test_best_layer_refuses_what_is_not_a_sweep():
+    import pandas as pd
+
+    with pytest.raises(taskvec.TaskvecError, match=r"accuracy_by_layer=\[0\.1, 0\.5\] is a list"):
+        taskvec.best_layer([0.1, 0.5])
+    with pytest.raises(taskvec.TaskvecError, match="has no column 'correct'"):
+        taskvec.best_layer(pd.DataFrame({"layer": [0, 1], "accuracy": [0.1, 0.5]}))
+    assert taskvec.best_layer(pd.Series([0.1, 0.5, 0.5])) == 1
