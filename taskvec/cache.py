@@ -149,7 +149,7 @@ def check_folder(folder: str | Path) -> list[str]:
         elif st.st_mtime_ns != rec["mtime_ns"]:
             touched.append((name, path, st))
     extra = sorted(f.name for f in folder.iterdir()
-                   if f.name not in manifest["files"] and f.name not in (MANIFEST, OWNER) and not f.name.startswith("."))
+                   if f.name not in manifest["files"] and not f.name.startswith((MANIFEST, OWNER, ".")))
     problems += [f"{name} was not written by taskvec" for name in extra]
     if problems:
         return problems

@@ -175,9 +175,11 @@ def test_K04_manifest_catches_truncation_deletion_additions_and_changed_bytes(tm
     (target / "config.json").write_text('{"model_')
     (target / "tokenizer.json").unlink()
     (target / "partial.safetensors").write_bytes(b"")
+    (target / f"{cache.MANIFEST}.tmp12345").write_text("{")  # a manifest update cut short: not damage
     problems = cache.check_folder(target)
     assert "tokenizer.json is missing" in problems and "partial.safetensors was not written by taskvec" in problems
     assert any(p.startswith("config.json has 8 bytes where 23 were written") for p in problems)
+    assert len(problems) == 3
 
 
 def test_K04_a_copy_with_new_times_but_the_same_bytes_is_accepted_once_and_remembered(tmp_path):
