@@ -66,8 +66,8 @@ def tokenizer_dir(name: str | None = None) -> Path:
     if (converted / "tokenizer.json").exists():  # the model was already converted: reuse its files
         return converted
     target = cache_dir("tokenizers") / f"{name}-v{_TOKENIZER_VERSION}"
-    if (target / "tokenizer.json").exists():
-        return target
+    if (target / "tokenizer.json").exists() and cache.check_folder(target) in ([], ["no manifest"]):
+        return target  # (a damaged folder is replaced by the build below)
     from transformers import AutoTokenizer
 
     gguf = EMBEDDED[name].locate()
