@@ -357,6 +357,7 @@ def decode(model: Model, vector: torch.Tensor, layer: int | None = None, *, top_
     Example:
         >>> decode(m, task_vector.vectors, layer=9)      # doctest: +SKIP
     """
+    top_k = _top_k(model, top_k)
     v = torch.as_tensor(vector)
     if v.dim() == 2:
         if layer is None:

@@ -630,11 +630,23 @@ def load(
     if embedded is not None:
         weights = Path(source).name
     elif os.path.isdir(name):
-        weights = os.path.abspath(name)
+        weights = f"{os.path.abspath(name)}-{_folder_digest(Path(name))}"
     else:
         weights = name + (f"@{hub_kwargs['revision']}" if hub_kwargs.get("revision") else "")
     return Model(name=name, hf=hf, nn=nn, tokenizer=tokenizer, processor=processor, arch=arch, remote=remote,
                  weights=weights)
+
+
+def _folder_digest(folder: Path) -> str:
+    """A short digest of a local model folder's files (names, sizes, modification times): results
+    stored for a model retrained in place are then never reused for the new weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(folder).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:10]
 
 
 def list_models() -> list[dict[str, str]]:

@@ -56,7 +56,7 @@ class Model:
         arch: the :class:`~taskvec.models.architectures.Architecture` row.
         remote: run traces on NDIF (nnsight's remote execution) instead of locally.
         weights: what exactly was loaded: an embedded model's built folder (its name carries a
-            digest of the shipped files), a local folder's absolute path, or the hub id with its
+            digest of the shipped files), a local folder's absolute path with a digest of its files, or the hub id with its
             revision. See :attr:`key`.
 
     Example:

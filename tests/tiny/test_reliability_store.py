@@ -138,3 +138,15 @@ def test_R3_reproduce_waits_for_its_child_to_stop_and_returns_its_status(tmp_pat
     rc, out = stop_and_check(parent, pids, signal.SIGTERM)
     assert (tmp_path / "stopped").read_text() == str(int(signal.SIGTERM))  # the child got the signal and finished
     assert rc == 3, out
+
+
+def test_E07_a_local_model_retrained_in_place_gets_another_key(tmp_path):
+    """The second half of E07: results stored for a local folder are keyed by its files too, so
+    weights saved again into the same folder never reuse the old units."""
+    folder = build_tiny("llama", tmp_path / "m")
+    before = taskvec.load(str(folder)).key
+    assert taskvec.load(str(folder)).key == before  # same files, same key
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # a retrain in place: same name, new file
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert taskvec.load(str(folder)).key != before
