@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import count, integer
 from ..errors import TaskvecError
 from ..inputs.batching import batches
 from ..inputs.prompts import GENERIC, Prompt, Template, icl_prompt
@@ -155,10 +156,10 @@ def fit_mimic(
         ['Nairobi']
     """
     pairs = list(pairs)
+    n_shots, steps, batch_size = count("n_shots", n_shots), count("steps", steps), count("batch_size", batch_size)
+    integer("seed", seed)
     if len(pairs) <= n_shots:
         raise TaskvecError(f"{len(pairs)} pairs cannot give {n_shots}-shot teacher prompts: pass more pairs or lower n_shots")
-    if steps < 1 or batch_size < 1:
-        raise TaskvecError("steps and batch_size must be positive")
     rng = random.Random(seed)
     examples = []
     for j, (x, y) in enumerate(pairs):

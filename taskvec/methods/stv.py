@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from ..checks import finite
+from ..checks import count, finite, integer
 from ..errors import TaskvecError
 from ..inputs.prompts import GENERIC, Prompt, Template, zero_shot
 from ..inputs.trials import cyclic_order
@@ -148,6 +148,13 @@ def fit_stv(
         >>> fit.intervention.n_selected                                            # doctest: +SKIP
         20
     """
+    for name, value in dict(n_pairs=n_pairs, n_shots=n_shots, top_k=top_k, n_clusters=n_clusters, steps=steps,
+                            n_samples=n_samples, batch_size=batch_size).items():
+        count(name, value)
+    integer("seed", seed)
+    if n_clusters > n_pairs:
+        raise TaskvecError(f"n_clusters={n_clusters} but n_pairs={n_pairs}: each head's bank clusters one activation "
+                           "per pair; use more pairs or fewer clusters")
     t: dict[str, float] = {}
     start = time.perf_counter()
     deltas = activation_deltas(model, pairs, n_pairs=n_pairs, n_shots=n_shots, seed=seed, template=template,

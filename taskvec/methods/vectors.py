@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..checks import finite
+from ..checks import finite, integer
 from ..errors import TaskvecError
 from ..inputs.prompts import GENERIC, Template, instruction_prompt, sample_icl_prompts
 from ..interventions.files import load_artifact, loading, save_artifact
@@ -167,6 +167,12 @@ def extract_icl(
         >>> v.vectors.shape                                                  # doctest: +SKIP
         torch.Size([18, 640])
     """
+    pairs = list(pairs)
+    if not pairs:
+        raise TaskvecError("pairs=[] is empty: pass the task's (x, y) examples to build demonstrations from")
+    if isinstance(seeds, (int, str)) or not list(seeds):
+        raise TaskvecError(f"seeds={seeds!r}: pass a non-empty list of whole numbers, e.g. seeds=(0, 1, 2)")
+    seeds = [integer(f"seeds[{i}]", s) for i, s in enumerate(seeds)]
     queries = list(pairs) if queries is None else list(queries)
     prompts = [p for s in seeds for p in sample_icl_prompts(pairs, queries, n_shots=n_shots, seed=s, template=template)]
     mean, rows = read_residuals(model, prompts, at="last_demo", batch_size=batch_size, progress=progress, keep=keep)

@@ -245,3 +245,23 @@ def test_best_layer_refuses_what_is_not_a_sweep():
     with pytest.raises(taskvec.TaskvecError, match="has no column 'correct'"):
         taskvec.best_layer(pd.DataFrame({"layer": [0, 1], "accuracy": [0.1, 0.5]}))
     assert taskvec.best_layer(pd.Series([0.1, 0.5, 0.5])) == 1
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: taskvec.fit_mimic(None, PAIRS_FOR_FITS, steps=0), "steps=0"),
+    (lambda: taskvec.fit_mimic(None, PAIRS_FOR_FITS, batch_size=2.5), "batch_size=2.5"),
+    (lambda: taskvec.fit_mimic(None, PAIRS_FOR_FITS, n_shots=True), "n_shots=True"),
+    (lambda: taskvec.fit_stv(None, PAIRS_FOR_FITS, n_clusters=0), "n_clusters=0"),
+    (lambda: taskvec.fit_stv(None, PAIRS_FOR_FITS, n_pairs=4, n_clusters=8), "n_clusters=8 but n_pairs=4"),
+    (lambda: taskvec.fit_stv(None, PAIRS_FOR_FITS, top_k=-1), "top_k=-1"),
+    (lambda: taskvec.extract_icl(None, [], n_shots=2), "pairs=\\[\\] is empty"),
+    (lambda: taskvec.extract_icl(None, PAIRS_FOR_FITS, seeds=0), "seeds=0"),
+    (lambda: taskvec.extract_icl(None, PAIRS_FOR_FITS, seeds=[1.5]), "seeds\\[0\\]=1.5"),
+])
+def test_rule_1_fits_and_extraction_check_their_counts_before_touching_the_model(call, message):
+    """model=None: the argument must be refused before the model is ever used."""
+    with pytest.raises(taskvec.TaskvecError, match=message):
+        call()
+
+
+PAIRS_FOR_FITS = [(f"x{i}", f"y{i}") for i in range(10)]
