@@ -201,11 +201,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         run_demo(args.model, args.task, vlm_name=args.vlm or None, n_queries=args.n, n_shots=args.shots,
                  seed=args.seed, out=out)
     except OSError as err:
-        names = {str(p) for p in (out, *out.parents)}
-        if str(getattr(err, "filename", None)) not in names:
+        report = getattr(err, "report_html", None)
+        if report is None:
             raise
-        raise OutputRescued(f"the demo ran but its report could not be written to {out} ({_reason(err)}): the "
-                            "report is lost; run it again with another --out") from err
+        save_outputs([(out, lambda path: path.write_text(report, encoding="utf-8"))])
     return 0
 
 

@@ -97,8 +97,13 @@ def write_report(path: Path, sections: list[tuple[str, pd.DataFrame | pd.Series 
             parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False))
             first = False
     parts.append("<p><small>Images: OpenMoji, CC BY-SA 4.0.</small></p></body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts), encoding="utf-8")
+    text = "\n".join(parts)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        err.report_html = text  # the work is done: the caller can still save the report elsewhere
+        raise
     return path
 
 

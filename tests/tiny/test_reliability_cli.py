@@ -219,10 +219,14 @@ def test_C12_a_model_that_cannot_be_loaded_is_an_error_without_traceback(tmp_pat
     assert done.returncode == 2 and _error(done.stderr).startswith("taskvec: error: ") and "Traceback" not in done.stderr
 
 
-def test_C30_demo_report_that_cannot_be_written_after_the_work_is_an_error_without_traceback(tiny, tmp_path,
-                                                                                            monkeypatch, capsys):
-    folder = tmp_path / "report"
+def test_C30_demo_report_that_cannot_be_written_after_the_work_is_saved_elsewhere(tiny, tmp_path, monkeypatch,
+                                                                                  capsys):
+    folder, here = tmp_path / "report", tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
     _break_folder_after(monkeypatch, taskvec.experiments.demo, "text_icl_section", folder)
     rc = main(["demo", "--model", tiny, "--vlm", "", "-n", "2", "--shots", "1", "--out", str(folder / "demo.html")])
-    err = capsys.readouterr().err
-    assert rc == 1 and _error(err).startswith("taskvec: error: the demo ran but its report could not be written")
+    err = _error(capsys.readouterr().err)
+    assert rc == 1 and err.startswith("taskvec: error: could not write") and "saved it as" in err
+    rescued = here / "demo.html"
+    assert rescued.exists() and "<h1>taskvec demo</h1>" in rescued.read_text() and str(rescued) in err
