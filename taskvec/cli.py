@@ -359,7 +359,7 @@ def _cmd_reproduce(args: argparse.Namespace, extra: Sequence[str]) -> int:
         raise TaskvecError(f"unknown analysis {args.target!r}: run 'taskvec reproduce list' to see the names")
     env = dict(os.environ)
     if args.out_dir:
-        env["TASKVEC_RESULTS"] = str(Path(args.out_dir).resolve())
+        env["TASKVEC_RESULTS"] = str(writable_dir(args.out_dir, "--out-dir").resolve())  # checked before the run
     # the scripts are modules of the analyses package: the checkout's root goes on the path (the
     # working directory stays, so relative paths in the script's options mean what they say)
     root = analyses_dir().parent

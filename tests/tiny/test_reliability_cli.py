@@ -230,3 +230,11 @@ def test_C30_demo_report_that_cannot_be_written_after_the_work_is_saved_elsewher
     assert rc == 1 and err.startswith("taskvec: error: could not write") and "saved it as" in err
     rescued = here / "demo.html"
     assert rescued.exists() and "<h1>taskvec demo</h1>" in rescued.read_text() and str(rescued) in err
+
+
+def test_reproduce_out_dir_is_checked_before_the_analysis_starts(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    rc = main(["reproduce", "table3", "--out-dir", str(blocker / "results"), "--quick"])
+    err = _error(capsys.readouterr().err)
+    assert rc == 2 and "--out-dir" in err and "a-file" in err
