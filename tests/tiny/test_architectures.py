@@ -32,15 +32,6 @@ def _image(seed: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the thread
-    pool's waiting made this file several times slower; restored for the other test files."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module", params=TEXT + VLM)
 def tiny(request, tmp_path_factory) -> taskvec.Model:

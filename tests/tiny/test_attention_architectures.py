@@ -25,13 +25,6 @@ SUPPORTED = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_te
 UNSUPPORTED = {"fuyu": "fuses"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _load(arch: str, tmp_path_factory) -> taskvec.Model:
     return taskvec.load(str(build_tiny(arch, tmp_path_factory.mktemp(arch))))

@@ -9,17 +9,11 @@ import torch
 
 import taskvec
 from taskvec.interventions.run import batch_logits
-from taskvec.models.tiny import build_tiny
 from taskvec.sites.positions import resolve
 
 PAIRS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima"),
          ("Egypt", "Cairo")]
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> taskvec.Model:
-    torch.manual_seed(0)
-    return taskvec.load(str(build_tiny("llama", tmp_path_factory.mktemp("llama-protocol"))))
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,11 @@ import pytest
 import torch
 
 import taskvec
-from taskvec.models.tiny import build_tiny
 
 PAIRS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima"),
          ("Egypt", "Cairo")]
 NAN = float("nan")
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> taskvec.Model:
-    torch.manual_seed(0)
-    return taskvec.load(str(build_tiny("llama", tmp_path_factory.mktemp("llama-files"))))
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,6 @@ from taskvec.models.tiny import build_tiny
 PAIRS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> taskvec.Model:
-    torch.manual_seed(0)
-    return taskvec.load(str(build_tiny("llama", tmp_path_factory.mktemp("llama-inputs"))))
 
 
 @pytest.fixture(scope="module")

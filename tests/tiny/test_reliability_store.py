@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 import taskvec
 from taskvec.models.tiny import build_tiny
@@ -22,11 +21,6 @@ from taskvec.models.tiny import build_tiny
 ROOT = Path(__file__).resolve().parents[2]
 SETTING = dict(n_shots=2, n_val=3, n_test=3, batch_size=8)
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> taskvec.Model:
-    torch.manual_seed(0)
-    return taskvec.load(str(build_tiny("llama", tmp_path_factory.mktemp("llama-store"))))
 
 
 def write_task(path: Path, val_label: str, test_label: str) -> Path:
