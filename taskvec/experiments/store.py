@@ -193,7 +193,8 @@ class Store:
                                "here could not be saved; pass a folder you can write to") from None
         self._writable = True
 
-    def _save(self, name: str, df: pd.DataFrame) -> None:
+    def put(self, name: str, df: pd.DataFrame) -> None:
+        """Record ``df`` as the complete unit ``name`` (its CSV and its marker, each written atomically)."""
         csv, done = self._paths(name)
         tmp_csv, tmp_done = self._temporary(name, ".csv"), self._temporary(name, ".done")
         try:
@@ -230,5 +231,5 @@ class Store:
         df = run()
         if not isinstance(df, pd.DataFrame):
             raise TaskvecError(f"result store unit {name!r}: run() returned {type(df).__name__}, not a pandas DataFrame")
-        self._save(name, df)
+        self.put(name, df)
         return df

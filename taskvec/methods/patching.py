@@ -85,7 +85,8 @@ def prefix_cache(model: Model, batch: Batch) -> Any | None:
         return None
     ids = batch.input_ids
     last = ids.shape[1] - 1
-    if last < 1 or any(int(p) != last for p in resolve(model, batch, "query")):
+    if last < 1 or not all(p.has_query for p in batch.prompts) or \
+            any(int(p) != last for p in resolve(model, batch, "query")):
         return None
     # every [batch, seq] tensor (ids, masks, token types) loses its last column; images stay
     prefix = {k: (v[:, :-1] if v.ndim == 2 and v.shape[1] == ids.shape[1] else v) for k, v in batch.inputs.items()}
