@@ -176,7 +176,7 @@ def prompt_list(prompts: Any, name: str = "prompts") -> list[Prompt]:
         raise TaskvecError(f"{name}={prompts!r}: pass a list of prompts (strings or taskvec.Prompt objects)")
     out = list(prompts)
     if not out:
-        raise TaskvecError(f"{name}=[] is empty: pass at least one prompt")
+        raise TaskvecError(f"no prompts given: {name}=[] is empty: pass at least one prompt")
     for i, p in enumerate(out):
         if not isinstance(p, (str, Prompt)):
             raise TaskvecError(f"{name}[{i}]={p!r} is a {type(p).__name__}: pass strings or taskvec.Prompt objects "
