@@ -5,11 +5,9 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.util
-import json
 import os
 import shutil
 import socket
-import sys
 import threading
 import time
 import urllib.parse
@@ -20,13 +18,16 @@ from typing import Any, Callable
 
 import torch
 
-from .architectures import architecture_for
 from .. import cache
 from ..cache import cache_dir
-from ..errors import TaskvecError
-from .model import Model
 from ..embedded.spec import BASE_LLM, VLM_NAME
+from ..errors import TaskvecError
 from ..inputs.prompts import GEMMA_CHAT_TEMPLATE
+from .architectures import architecture_for
+from .local import _check_local_dir, _local_error
+from .model import Model
+from .processors import _load_processor, processor_class_for  # noqa: F401 - processor_class_for re-exported
+from .verify import TOKENIZER_PROBE, _cache_problems, _ready, tokenizer_problem  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
@@ -153,112 +154,6 @@ def converted_dir(name: str) -> Path:
 
 
 #: A sentence every real tokenizer of a text model encodes to several tokens and decodes back.
-TOKENIZER_PROBE = "The capital of France is Paris."
-
-
-def tokenizer_problem(tokenizer: Any) -> str | None:
-    """Why ``tokenizer`` cannot be the one a model was trained with (``None``: it looks sound).
-
-    It must encode :data:`TOKENIZER_PROBE` into at least two distinct ids, none of them the unknown
-    token, that decode back to text containing the probe's words. A tokenizer whose vocabulary file
-    is missing (transformers then builds one of a handful of special tokens) fails this.
-    """
-    try:
-        ids = list(tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
-        text = tokenizer.decode(ids)
-    except Exception as err:  # noqa: BLE001 - any failure to encode is the finding
-        return f"it cannot encode text ({type(err).__name__}: {err})"
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if len(set(ids)) < 2 or (unk is not None and unk in ids) or not all(w in text for w in ("capital", "France", "Paris")):
-        return f"it encodes {TOKENIZER_PROBE!r} as {ids[:12]} (decoded: {text!r}) and has {len(tokenizer)} tokens"
-    return None
-
-
-def _cache_problems(folder: Path, *, tokenizer: bool = True) -> list[str]:
-    """:func:`taskvec.cache.check_folder`, and for a folder written before manifests existed, a
-    check of what can be checked without one (config, tokenizer, safetensors headers and sizes,
-    finite weights) after which the folder is adopted (its manifest written)."""
-    problems = cache.check_folder(folder)
-    if problems != ["no manifest"]:
-        return problems
-    problems = []
-    try:
-        json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as err:
-        problems.append(f"config.json is missing or not JSON ({type(err).__name__})")
-    if tokenizer and not (folder / "tokenizer.json").is_file():
-        problems.append("tokenizer.json is missing")
-    weights = sorted(folder.glob("*.safetensors"))
-    if not weights:
-        problems.append("it has no .safetensors weights")
-    if not problems:
-        problems = _weights_problems(weights)
-    if not problems and tokenizer:
-        from transformers import AutoTokenizer
-
-        why = tokenizer_problem(AutoTokenizer.from_pretrained(str(folder)))
-        if why:
-            problems.append(f"its tokenizer is broken: {why}")
-    if not problems:
-        try:
-            cache.write_manifest(folder)
-        except OSError:  # read-only cache: checked this way again next time
-            pass
-    return problems
-
-
-def _weights_problems(files: list[Path]) -> list[str]:
-    """Each safetensors file's header parses, its size is what the header says, and every tensor is finite."""
-    from safetensors import safe_open
-
-    for f in files:
-        try:
-            with open(f, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n))
-            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-            if f.stat().st_size != 8 + n + end:
-                return [f"{f.name} has {f.stat().st_size} bytes where its header says {8 + n + end}"]
-            with safe_open(str(f), "pt") as st:
-                for key in st.keys():
-                    t = st.get_tensor(key)
-                    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                        return [f"{f.name}: tensor {key} holds NaN or inf"]
-        except Exception as err:  # noqa: BLE001 - any failure to read is damage
-            return [f"{f.name} cannot be read ({type(err).__name__}: {str(err)[:80]})"]
-    return []
-
-
-def _ready(target: Path, spec: Embedded, build: Callable[[Path], Any], *, tokenizer: bool = True) -> Path:
-    """``target`` once it checks out against its manifest; built (or rebuilt when damaged) by
-    ``build(target)``, which writes it atomically (through :func:`taskvec.cache.building`).
-    Temporary folders left by killed builds are removed first."""
-    cache.clean_stale(target.parent)
-    if target.is_dir():
-        problems = _cache_problems(target, tokenizer=tokenizer)
-        if not problems:
-            return target
-        damage = "; ".join(problems)
-        try:
-            spec.locate()  # before removing anything: can it be rebuilt?
-        except TaskvecError as err:
-            raise TaskvecError(
-                f"the cached {spec.name} in {target} is damaged ({damage}) and cannot be rebuilt here: {err}. "
-                f"Delete the folder {target}, fix that, and load again"
-            ) from err
-        print(f"taskvec: the cached {spec.name} in {target} is damaged ({damage}); rebuilding it", file=sys.stderr, flush=True)
-        try:
-            shutil.rmtree(target)
-        except OSError as err:
-            raise TaskvecError(
-                f"the cached {spec.name} in {target} is damaged ({damage}) and taskvec cannot remove it "
-                f"({err.strerror or err}): delete the folder {target} yourself, or set {cache.ENV} to a writable "
-                "folder, then load again"
-            ) from err
-    build(target)
-    return target
-
-
 def _build_converted(spec: Embedded, target: Path) -> None:
     with cache.building(target, f"the converted {spec.name}") as tmp:
         _convert(spec, tmp)
@@ -291,56 +186,6 @@ def _convert(spec: Embedded, tmp: Path) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _image_only(processor_class: type) -> type:
-    """``processor_class`` without its video processor, for image-only use without torchvision.
-
-    transformers builds every video processor with torchvision and requires one for Qwen2-VL,
-    Qwen2.5-VL and SmolVLM processors even when only images are passed; taskvec never passes
-    videos, so the subclass drops that one attribute and is otherwise the real processor.
-    """
-    attributes = [a for a in processor_class.get_attributes() if a != "video_processor"]
-    return type(processor_class.__name__, (processor_class,), {
-        "get_attributes": classmethod(lambda cls: list(attributes)),
-        "taskvec_image_only": True,
-        "__doc__": f"{processor_class.__name__} without its video processor (torchvision is not installed).",
-    })
-
-
-def processor_class_for(model_type: str, *, need_video: bool | None = None) -> type | None:
-    """The transformers processor class of a ``config.model_type`` (``None`` if it has none).
-
-    Without torchvision, a class that wants a video processor comes back as its image-only
-    subclass (see :func:`_image_only`); ``need_video`` overrides the torchvision check.
-
-    Example:
-        >>> processor_class_for("llava").__name__
-        'LlavaProcessor'
-    """
-    import transformers
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-    from transformers.utils import is_torchvision_available
-
-    name = PROCESSOR_MAPPING_NAMES.get(model_type)
-    if not name:
-        return None
-    cls = getattr(transformers, name)
-    if need_video is None:
-        need_video = is_torchvision_available()
-    if not need_video and "video_processor" in cls.get_attributes():
-        return _image_only(cls)
-    return cls
-
-
-def _load_processor(source: str, model_type: str, **kwargs: Any) -> Any:
-    """``AutoProcessor.from_pretrained``, or the image-only processor when torchvision is missing."""
-    from transformers import AutoProcessor
-
-    cls = processor_class_for(model_type)
-    if getattr(cls, "taskvec_image_only", False):
-        return cls.from_pretrained(source, video_processor=None, **kwargs)
-    return AutoProcessor.from_pretrained(source, **kwargs)
-
-
 def _built_dir(spec: Embedded) -> Path:
     """Folder of an embedded model assembled from its base plus shipped files, built once.
 
@@ -400,59 +245,6 @@ def _not_found(name: str, err: Exception, *, offline: bool = False) -> TaskvecEr
     )
 
 
-def _local_error(folder: str, err: BaseException, stage: str) -> TaskvecError:
-    """The error for a local folder that exists but could not be loaded as a model."""
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return TaskvecError(
-        f"cannot load the model folder {folder!r}: its {stage} cannot be loaded: {first} ({type(err).__name__}; the folder holds "
-        f"{_listing(folder)}). A model folder is what save_pretrained writes: config.json, the weights "
-        "(*.safetensors) and the tokenizer files"
-    )
-
-
-def _listing(folder: str, limit: int = 8) -> str:
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError:
-        return "nothing readable"
-    if not names:
-        return "no files"
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _check_local_dir(folder: str, trust_remote_code: bool = False) -> None:
-    """Refuse a local folder that is not a saved model, saying what is missing or wrong (L03, L07)."""
-    config_file = os.path.join(folder, "config.json")
-    if not os.path.isfile(config_file):
-        raise TaskvecError(
-            f"cannot load model {folder!r}: it is a local directory but not a saved model: it has no config.json "
-            f"(it holds {_listing(folder)}). A model folder is what save_pretrained writes (config.json, the "
-            f"weights, the tokenizer); embedded models that need no folder: {', '.join(EMBEDDED)}"
-        )
-    try:
-        with open(config_file, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as err:
-        raise TaskvecError(f"cannot load model {folder!r}: its config.json is not valid JSON ({err}): "
-                           "save the model again with save_pretrained") from err
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if not model_type:
-        raise TaskvecError(f"cannot load model {folder!r}: its config.json has no model_type, so transformers "
-                           "cannot tell which architecture it is: save the model again with save_pretrained")
-    from transformers import __version__
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-    if model_type not in CONFIG_MAPPING_NAMES and not (trust_remote_code and config.get("auto_map")):
-        close = difflib.get_close_matches(model_type, list(CONFIG_MAPPING_NAMES), n=3, cutoff=0.7)
-        hint = f" (close known ones: {', '.join(close)})" if close else ""
-        remote = " or pass trust_remote_code=True (the folder ships its own model code)" if config.get("auto_map") else ""
-        raise TaskvecError(
-            f"cannot load model {folder!r}: its config.json has model_type {model_type!r}, which transformers "
-            f"{__version__} does not know{hint}: check the spelling, upgrade transformers{remote}"
-        )
-
-
-#: How long the hub probe waits for a connection before calling the machine offline.
 HUB_PROBE_TIMEOUT_S = 3.0
 _probe_cache: dict[tuple[str, int], tuple[float, bool]] = {}
 

@@ -162,6 +162,7 @@ def _processor(model_type: str, images: Any, tok: Any, **kwargs: Any) -> Any:
     """The real processor class of ``model_type``; with torchvision, with its default video
     processor, else its image-only subclass (what :func:`taskvec.load` also builds then)."""
     import transformers
+
     from .loading import processor_class_for
 
     cls = processor_class_for(model_type)
@@ -191,7 +192,14 @@ def _causal_lm(config_name: str, model_name: str, **extra: Any) -> Callable[[Pat
 
 
 def _llava(source: Path) -> tuple[Any, Any]:
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tok = _tokenizer(source, ("<image>",))
     config = LlavaConfig(
@@ -209,8 +217,14 @@ def _llava(source: Path) -> tuple[Any, Any]:
 
 
 def _llava_next(source: Path) -> tuple[Any, Any]:
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                              LlavaNextImageProcessor, LlavaNextProcessor)
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
 
     tok = _tokenizer(source, ("<image>",))
     pinpoints = [[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE]]
@@ -298,8 +312,14 @@ def _qwen_vl(prefix: str) -> Callable[[Path], tuple[Any, Any]]:
 
 
 def _gemma3(source: Path) -> tuple[Any, Any]:
-    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor,
-                              Gemma3TextConfig, SiglipVisionConfig)
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessor,
+        Gemma3Processor,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
 
     named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
     tok = _tokenizer(source, named=named)

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "taskvec"
 
 #: low to high; a module may import its own layer and the layers before it
 LAYERS = [
-    ("taskvec.errors", "taskvec.cache", "taskvec.checks"),
+    ("taskvec.errors", "taskvec.cache", "taskvec.checks", "taskvec.outputs"),
     ("taskvec.inputs",),
     ("taskvec.tasks",),
     ("taskvec.embedded",),
