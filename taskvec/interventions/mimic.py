@@ -129,7 +129,9 @@ class MimIC(torch.nn.Module):
             scores: ``[batch, n_heads, q_len, kv_len]`` masked attention logits.
         """
         log_z2 = scores.float().logsumexp(-1)
-        log_z1 = torch.einsum("bhqd,hd->bhq", query.float(), self.gate_w[index]) + self.gate_b[index][None, :, None]
+        # the parameters stay where they were made (the CPU): each use meets its layer's device
+        w, b = self.gate_w[index].to(query.device), self.gate_b[index].to(query.device)
+        log_z1 = torch.einsum("bhqd,hd->bhq", query.float(), w) + b[None, :, None]
         mu = torch.sigmoid(log_z1 - log_z2)
         return torch.where(torch.isfinite(log_z2), mu, torch.zeros_like(mu))  # fully masked rows (padding)
 
@@ -148,7 +150,7 @@ class MimIC(torch.nn.Module):
                 i = index[layer]
                 a = attention_logits(model, layer)
                 mu = self.magnitude(i, a.query, a.scores)                       # [b, H, q]
-                shift = mu.transpose(1, 2)[..., None] * self.shift[i]          # [b, q, H, Dh]
+                shift = mu.transpose(1, 2)[..., None] * self.shift[i].to(mu.device)  # [b, q, H, Dh]
                 a.envoy.input = a.heads + merge_heads(shift).to(a.heads.dtype)
             if hidden is not None:
                 hidden.append(model.residual(model.layers()[layer].output))

@@ -13,8 +13,8 @@ import torch
 
 from ..checks import count, one_of
 from ..errors import TaskvecError
-from ..inputs.batching import batches
 from ..inputs.prompts import Prompt, prompt_list
+from ..models.each_batch import each_batch
 from ..models.model import Batch, Model
 from ..sites.positions import resolve
 from .base import Intervention
@@ -84,9 +84,9 @@ def first_token_logits(
     prompts = prompt_list(prompts)
     batch_size = count("batch_size", batch_size)
     _checked(model, intervention)
-    out = [batch_logits(model, model.encode(chunk), intervention)
-           for chunk in batches(list(prompts), batch_size, desc=desc, progress=progress)]
-    return torch.cat(out)
+    out = each_batch(model, prompts, batch_size, lambda batch: batch_logits(model, batch, intervention),
+                     desc=desc, progress=progress)
+    return torch.cat([logits for _, logits in out])
 
 
 def predict(
@@ -108,10 +108,11 @@ def predict(
     prompts = prompt_list(prompts)
     batch_size = count("batch_size", batch_size)
     _checked(model, intervention)
-    preds: list[str] = []
-    for chunk in batches(list(prompts), batch_size, desc=desc, progress=progress):
-        preds.extend(decode_first(model, batch_logits(model, model.encode(chunk), intervention)))
-    return preds
+    # only the greedy ids come back (not [batch, vocab] logits): what a remote request returns
+    out = each_batch(model, prompts, batch_size,
+                     lambda batch: batch_logits(model, batch, intervention).argmax(dim=-1),
+                     desc=desc, progress=progress)
+    return [model.tokenizer.decode([int(i)]) for _, ids in out for i in ids]
 
 
 def generate(

@@ -180,13 +180,10 @@ class LensResult:
         ids = [integer(f"ids[{i}]", t, low=0, high=vocab - 1, fix=f"{self.model.name} scores {vocab} tokens")
                for i, t in enumerate(ids)]
         index = torch.as_tensor(ids, dtype=torch.long)
-        out = []
-        with torch.no_grad():
-            for start in range(0, self.hidden.shape[0], self.chunk):
-                h = self.hidden[start : start + self.chunk]
-                probs = [_probs(self.model, h[:, j])[:, index] for j in range(h.shape[1])]
-                out.append(torch.stack(probs, dim=1))
-        return torch.cat(out)
+        n, n_layers = self.hidden.shape[0], self.hidden.shape[1]
+        flat = self.hidden.transpose(0, 1).reshape(n_layers * n, -1)  # layer-major: [L * P, d]
+        probs = self.model.token_probs(flat, index, self.chunk)
+        return probs.reshape(n_layers, n, -1).transpose(0, 1)
 
     def phases(self, categories: Mapping[str, TokenSpec], *, title: str | None = None) -> PhaseResult:
         """Summed probability per category and layer, averaged over prompts (paper Fig. 3).
@@ -267,37 +264,27 @@ class LensResult:
         return fig
 
 
-def _probs(model: Model, h: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(model.unembed(h.to(model.device, dtype=_dtype(model))).float(), dim=-1).cpu()
-
-
-def _dtype(model: Model) -> torch.dtype:
-    return next(model.hf.parameters()).dtype
-
-
 def _topk_table(model: Model, hidden: torch.Tensor, layers: list[int], top_k: int, offset: int = 0,
                 chunk: int = 16) -> pd.DataFrame:
-    """Top-k rows per (prompt, layer); full-vocabulary logits exist for ``chunk`` prompts at a time."""
-    records: dict[str, list] = {k: [] for k in ("prompt", "layer", "rank", "token", "token_id", "probability", "logit")}
+    """Top-k rows per (prompt, layer); full-vocabulary logits exist for ``chunk`` rows at a time,
+    decoded where the weights are (one request on a remote model)."""
+    n, n_layers = hidden.shape[0], hidden.shape[1]
+    flat = hidden.transpose(0, 1).reshape(n_layers * n, -1)  # layer-major: [L * P, d]
+    values, ids, lse = model.top_tokens(flat, top_k, chunk)
+    probs = (values - lse[:, None]).exp()
     convert = model.tokenizer.decode
-    steps = [(j, layer, start) for j, layer in enumerate(layers) for start in range(0, hidden.shape[0], chunk)]
-    with torch.no_grad():
-        for j, layer, start in steps:
-            logits = model.unembed(hidden[start : start + chunk, j].to(model.device, dtype=_dtype(model))).float()
-            lg, idx = logits.topk(top_k, dim=-1)
-            p = (lg - torch.logsumexp(logits, dim=-1, keepdim=True)).exp().cpu()
-            lg, idx = lg.cpu(), idx.cpu()
-            del logits
-            for i in range(idx.shape[0]):
-                for r in range(top_k):
-                    tid = int(idx[i, r])
-                    records["prompt"].append(offset + start + i)
-                    records["layer"].append(layer)
-                    records["rank"].append(r)
-                    records["token"].append(convert([tid]))
-                    records["token_id"].append(tid)
-                    records["probability"].append(float(p[i, r]))
-                    records["logit"].append(float(lg[i, r]))
+    records: dict[str, list] = {k: [] for k in ("prompt", "layer", "rank", "token", "token_id", "probability", "logit")}
+    for row in range(flat.shape[0]):
+        j, i = divmod(row, n)
+        for r in range(top_k):
+            tid = int(ids[row, r])
+            records["prompt"].append(offset + i)
+            records["layer"].append(layers[j])
+            records["rank"].append(r)
+            records["token"].append(convert([tid]))
+            records["token_id"].append(tid)
+            records["probability"].append(float(probs[row, r]))
+            records["logit"].append(float(values[row, r]))
     return pd.DataFrame(records)
 
 

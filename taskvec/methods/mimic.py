@@ -56,7 +56,7 @@ def _teacher_targets(model: Model, examples: list[_Example], batch_size: int, pr
             for layer in range(model.n_layers):
                 hs.append(resid(model, layer))
             tracer.stop()
-        stacked = torch.stack([h.float() for h in hs])  # [L, b, S, d]
+        stacked = torch.stack([h.float().cpu() for h in hs])  # [L, b, S, d], kept on the CPU
         for i, e in enumerate(chunk):
             s_ids, t_ids = _real(sb, i), _real(tb, i)
             n = len(s_ids) - 1  # the student's BOS/prefix token has no counterpart
@@ -88,8 +88,11 @@ def _student_loss(
         n = e.target.shape[1]
         target[:, i, S - n:] = e.target
         tail[i, S - n:] = True
+    # with a device_map each layer's states live on its own device: the loss is computed on the logits'
+    device = logits.device
+    labels, target, tail = labels.to(device), target.to(device), tail.to(device)
     ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-    student = torch.stack([h.float() for h in hs])  # [L, B, S, d]
+    student = torch.stack([h.float().to(device) for h in hs])  # [L, B, S, d]
     sq = ((student - target) ** 2).sum(-1)  # [L, B, S]
     align = (sq * tail).sum() / (tail.sum() * model.n_layers * model.d_model)
     loss = ce_weight * ce + align_weight * align
@@ -115,7 +118,7 @@ def init_gates(mimic: MimIC, model: Model, prompts: Sequence[Prompt], *, batch_s
                 lse.append(attention_logits(model, layer).scores.float().logsumexp(-1))
             tracer.stop()
         for layer, v in zip(mimic.layers, lse):
-            v = v.masked_fill(~valid[:, None, :], 0.0)  # [b, H, q]
+            v = v.cpu().masked_fill(~valid[:, None, :], 0.0)  # [b, H, q]
             total[index[layer]] += v.sum(dim=(0, 2)).double()
         count += int(valid.sum())
     with torch.no_grad():
@@ -158,6 +161,13 @@ def fit_mimic(
     pairs = list(pairs)
     n_shots, steps, batch_size = count("n_shots", n_shots), count("steps", steps), count("batch_size", batch_size)
     integer("seed", seed)
+    if model.remote:
+        raise TaskvecError(
+            f"fit_mimic cannot train on a remote model ({model.name}, remote={model.remote!r}): each step "
+            "backpropagates into MimIC's parameters, which live here, across a hundred or more forwards; NDIF runs "
+            "one request at a time and keeps no gradients between them. Train on a local copy (load without "
+            "remote=, on a GPU or in bf16), save it (fit.intervention.save(path)), then use it with the remote "
+            "model: taskvec.predict(remote_model, queries, intervention=MimIC.load(path)) runs there")
     if len(pairs) <= n_shots:
         raise TaskvecError(f"{len(pairs)} pairs cannot give {n_shots}-shot teacher prompts: pass more pairs or lower n_shots")
     rng = random.Random(seed)

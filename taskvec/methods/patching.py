@@ -22,11 +22,11 @@ import torch
 
 from ..checks import count
 from ..errors import TaskvecError
-from ..inputs.batching import batches
 from ..inputs.metric import is_correct
 from ..inputs.prompts import Prompt, prompt_list
 from ..interventions.residual import ResidualPatch
-from ..interventions.run import batch_logits, decode_first, generate, predict
+from ..interventions.run import batch_logits, generate, predict
+from ..models.each_batch import each_batch
 from ..models.model import Batch, Model
 from ..sites.positions import resolve
 from ..sites.residual import MODES, check_mode
@@ -189,17 +189,24 @@ def layer_sweep(
     chosen = model.check_layers(layers)
     queries = _queries(queries)
     batch_size = count("batch_size", batch_size)
-    records = []
-    offset = 0
-    for chunk in batches(queries, batch_size, desc="layer sweep", progress=progress):
-        batch = model.encode(chunk)
+    def step(batch: Batch) -> torch.Tensor:
+        """Greedy ids ``[n_layers_chosen, batch]``: the vector patched at each layer in turn."""
         cache = prefix_cache(model, batch)
+        ids = []
         for layer in chosen:
             if cache is None:
                 logits = patched_logits(model, vector, batch, [layer], mode=mode)
             else:
                 logits = cached_patched_logits(model, vector, batch, cache, [layer], mode=mode)
-            for i, (q, pred) in enumerate(zip(chunk, decode_first(model, logits))):
+            ids.append(logits.argmax(dim=-1))
+        return torch.stack(ids)
+
+    records = []
+    offset = 0
+    for chunk, ids in each_batch(model, queries, batch_size, step, desc="layer sweep", progress=progress):
+        for layer, row in zip(chosen, ids):
+            for i, (q, token) in enumerate(zip(chunk, row)):
+                pred = model.tokenizer.decode([int(token)])
                 records.append(dict(layer=layer, query=offset + i, prediction=pred, label=q.label,
                                     correct=is_correct(pred, q.label or "", case_sensitive=case_sensitive)))
         offset += len(chunk)

@@ -40,6 +40,10 @@ class Architecture:
             any number). Fuyu's processor takes one and always puts it before the text.
         fix_processor: applied to the processor right after loading, to work around a known
             transformers bug (``None``: nothing to fix).
+        processor_defaults: keyword arguments the processor is loaded with unless the user's
+            ``processor_kwargs`` say otherwise: what the papers' code sets (Idefics2 / Idefics3:
+            ``do_image_splitting=False``, one crop per image, as in both the cross-modal paper's and
+            MTV's code; the hub processor would split each image into 5 crops).
         is_vlm: the model takes images.
         cached_sweep: a prompt's last token can be run alone on the cached keys and values of
             the rest (the fast layer sweep, :func:`taskvec.methods.patching.prefix_cache`). Not on
@@ -65,6 +69,7 @@ class Architecture:
     images_per_prompt_nested: bool = True
     max_images_per_prompt: int | None = None
     fix_processor: Callable[[Any], Any] | None = None
+    processor_defaults: tuple[tuple[str, Any], ...] = ()
     is_vlm: bool = False
     cached_sweep: bool = True
 
@@ -96,6 +101,8 @@ _TEXT_QK_NORM = Architecture(layers="model.layers", norm="model.norm", **_QK_NOR
 _VLM_LANGUAGE_MODEL = dict(
     layers="model.language_model.layers", norm="model.language_model.norm", is_vlm=True
 )
+#: one crop per image: the papers' Idefics2 setting (the hub processor splits each image into 5)
+_ONE_CROP = (("do_image_splitting", False),)
 _VLM_TEXT_MODEL = dict(layers="model.text_model.layers", norm="model.text_model.norm", is_vlm=True)
 
 #: ``config.model_type`` -> where things are. One row per architecture; nothing else branches on it.
@@ -111,8 +118,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     # vision-language models
     "llava": Architecture(**_VLM_LANGUAGE_MODEL, image_token="processor:image_token", images_per_prompt_nested=False),
     "llava_next": Architecture(**_VLM_LANGUAGE_MODEL, image_token="processor:image_token", images_per_prompt_nested=False),
-    "idefics2": Architecture(**_VLM_TEXT_MODEL, image_token="processor:image_token"),
-    "idefics3": Architecture(**_VLM_TEXT_MODEL, image_token="processor:image_token"),
+    "idefics2": Architecture(**_VLM_TEXT_MODEL, image_token="processor:image_token", processor_defaults=_ONE_CROP),
+    "idefics3": Architecture(**_VLM_TEXT_MODEL, image_token="processor:image_token", processor_defaults=_ONE_CROP),
     "smolvlm": Architecture(**_VLM_TEXT_MODEL, image_token="processor:image_token"),
     "qwen2_vl": Architecture(
         **_VLM_LANGUAGE_MODEL, image_token="<|vision_start|><|image_pad|><|vision_end|>", images_per_prompt_nested=False,

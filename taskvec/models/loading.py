@@ -297,7 +297,8 @@ def load(
     dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
     quantization_config: Any = None,
-    remote: bool = False,
+    remote: bool | str = False,
+    processor_kwargs: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> Model:
     """Load a model for taskvec: an embedded name, a hub id, or a local ``save_pretrained`` folder.
@@ -305,12 +306,24 @@ def load(
     Args:
         name_or_path: ``"gemma-3-270m"`` (default), ``"smollm2-135m"``, a hub id such as
             ``"HuggingFaceM4/idefics2-8b"``, or a local directory.
-        device: where to put the weights (``"cpu"``, ``"cuda"``); ignored with ``device_map``.
-        dtype: weight dtype (``torch.float32`` by default on CPU, ``"auto"`` keeps the checkpoint's).
-        device_map: passed to transformers, e.g. ``"auto"`` to split a large model across GPUs.
+        device: where to put the weights (``"cpu"``, ``"cuda"``, ``"cuda:1"``): they are loaded
+            straight onto it (no copy in host RAM first). Not with ``device_map``.
+        dtype: weight dtype (``torch.float32`` by default on CPU, ``"auto"`` keeps the checkpoint's;
+            ``torch.bfloat16`` / ``torch.float16`` for half precision: every operation runs there,
+            vectors stay float32 on the CPU and are cast where they are written).
+        device_map: passed to transformers, e.g. ``"auto"`` to split a large model across GPUs
+            (with ``offload_folder=`` for layers on disk); every write lands on its layer's device.
         quantization_config: passed to transformers (e.g. ``BitsAndBytesConfig(load_in_4bit=True)``).
-        remote: run every trace on NDIF through nnsight's remote execution (needs an NDIF API key
-            set with ``nnsight.CONFIG.set_default_api_key``); no weights are downloaded locally.
+        remote: ``True`` runs every operation on NDIF through nnsight's remote execution, one
+            request per operation (needs an NDIF API key set with
+            ``nnsight.CONFIG.set_default_api_key``; no weights are downloaded, the model is built on
+            the meta device). ``"local"`` loads the weights here and runs every request through
+            nnsight's local simulation of the remote backend (serialised, deserialised with modules
+            the server lacks hidden, then run): the offline proof that a remote run works.
+            See docs/gpus.md.
+        processor_kwargs: options for a VLM's processor, over the architecture's defaults (Idefics2
+            and Idefics3: ``do_image_splitting=False``, one crop per image, as the papers' code sets;
+            ``{"do_image_splitting": True}`` gives the hub's 5 crops back).
         **kwargs: any other ``from_pretrained`` keyword (``revision=``, ``trust_remote_code=``, ...).
 
     Returns:
@@ -327,6 +340,15 @@ def load(
 
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TaskvecError(f"load() takes a model name or path, got {type(name_or_path).__name__}")
+    if remote not in (False, True, "local"):
+        raise TaskvecError(f"remote={remote!r}: pass True (run on NDIF), \"local\" (nnsight's offline simulation of "
+                           "NDIF) or False")
+    if device is not None and device_map is not None:
+        raise TaskvecError(f"device={device!r} and device_map={device_map!r} both say where the weights go: pass "
+                           "one (device_map=\"auto\" spreads layers over every GPU)")
+    if processor_kwargs is not None and not isinstance(processor_kwargs, dict):
+        raise TaskvecError(f"processor_kwargs={processor_kwargs!r} is not a dict: pass e.g. "
+                           "{\"do_image_splitting\": True}")
     name = str(name_or_path)
     source: str = name
     embedded = EMBEDDED.get(name)
@@ -377,7 +399,8 @@ def load(
 
     try:
         if vlm:
-            processor = _load_processor(source, config.model_type, **hub_kwargs)
+            options = {**dict(arch.processor_defaults), **(processor_kwargs or {})}
+            processor = _load_processor(source, config.model_type, **hub_kwargs, **options)
             tokenizer = processor.tokenizer
         else:
             processor = None
@@ -396,7 +419,14 @@ def load(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
+    if processor_kwargs and processor is None:
+        raise TaskvecError(f"processor_kwargs={processor_kwargs!r}, but {name} is a text-only model: it has no "
+                           "processor (tokenizer options go to the tokenizer files)")
     if remote:
+        # taskvec's functions run inside traces on the server, which does not have taskvec
+        # installed: ship their code by value with every request
+        nnsight.register(__name__.split(".")[0])
+    if remote is True:
         # the weights stay on NDIF: nnsight builds the model from its config on the meta device
         nn = nnsight.TransformersModel(source, tokenizer=tokenizer, processor=processor, task=task, **kwargs)
         hf = nn._module  # the transformers model (weights on the meta device)
@@ -407,6 +437,8 @@ def load(
         load_kwargs["dtype"] = dtype
         if device_map is not None:
             load_kwargs["device_map"] = device_map
+        elif device is not None:
+            load_kwargs["device_map"] = {"": str(device)}  # straight onto the device, not via host RAM
         if quantization_config is not None:
             load_kwargs["quantization_config"] = quantization_config
         auto = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
@@ -414,8 +446,6 @@ def load(
             hf = auto.from_pretrained(source, **load_kwargs)
         except errors as err:
             raise failed(err, "weights") from err
-        if device is not None and device_map is None:
-            hf = hf.to(device)
         hf.eval()
         hf.requires_grad_(False)  # taskvec reads and patches activations; no weight gradients, no autograd graph
         nn = nnsight.TransformersModel(hf, tokenizer=tokenizer, processor=processor, task=task)

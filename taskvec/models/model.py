@@ -16,6 +16,45 @@ from ..inputs.render import to_rgb
 from .architectures import Architecture, resolve
 
 
+def module_placement(module: Any) -> tuple[torch.device, torch.dtype]:
+    """Where a module computes: ``(device, dtype)`` of its first parameter, or, for a module that
+    accelerate offloads (weights on the meta device until its forward), its hook's execution
+    device. Quantized weights report their compute dtype, not their storage dtype.
+    """
+    hook = getattr(module, "_hf_hook", None)
+    params = list(module.parameters())
+    dtype = next((p.dtype for p in params if p.dtype.is_floating_point), torch.float32)
+    compute = getattr(module, "compute_dtype", None)
+    if isinstance(compute, torch.dtype):
+        dtype = compute
+    device = getattr(hook, "execution_device", None)
+    if device is None:
+        device = params[0].device if params else torch.device("cpu")
+    return torch.device(device) if not isinstance(device, torch.device) else device, dtype
+
+
+def _top_tokens(model: "Model", hidden: torch.Tensor, top_k: int,
+                chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    values, ids, lse = [], [], []
+    with torch.no_grad():
+        for start in range(0, hidden.shape[0], chunk):
+            logits = model.unembed(hidden[start : start + chunk]).float()
+            v, i = logits.topk(top_k, dim=-1)
+            values.append(v.cpu())
+            ids.append(i.cpu())
+            lse.append(torch.logsumexp(logits, dim=-1).cpu())
+    return torch.cat(values), torch.cat(ids), torch.cat(lse)
+
+
+def _token_probs(model: "Model", hidden: torch.Tensor, ids: torch.Tensor, chunk: int) -> torch.Tensor:
+    out = []
+    with torch.no_grad():
+        for start in range(0, hidden.shape[0], chunk):
+            logits = model.unembed(hidden[start : start + chunk]).float()
+            out.append(torch.softmax(logits, dim=-1)[:, ids.to(logits.device)].cpu())
+    return torch.cat(out)
+
+
 @dataclass
 class Batch:
     """Processed inputs for a list of prompts, padded on the left.
@@ -54,7 +93,9 @@ class Model:
         tokenizer: the tokenizer (for a VLM, the processor's tokenizer).
         processor: the multimodal processor, or ``None`` for a text-only model.
         arch: the :class:`~taskvec.models.architectures.Architecture` row.
-        remote: run traces on NDIF (nnsight's remote execution) instead of locally.
+        remote: ``False`` (run here), ``True`` (run on NDIF through nnsight's remote execution) or
+            ``"local"`` (nnsight's offline simulation of NDIF: each request is serialised and
+            deserialised as the server would, then run here). See :meth:`request`.
         weights: what exactly was loaded: an embedded model's built folder (its name carries a
             digest of the shipped files), a local folder's absolute path with a digest of its files, or the hub id with its
             revision. See :attr:`key`.
@@ -71,10 +112,12 @@ class Model:
     tokenizer: Any
     processor: Any
     arch: Architecture
-    remote: bool = False
+    remote: bool | str = False
     weights: str = ""
     chat: Template | None = None
     _marker_cache: dict = field(default_factory=dict, repr=False)
+    #: > 0 while :meth:`request` runs: traces opened inside are part of its one request
+    _in_request: int = field(default=0, repr=False)
 
     # --- shape facts -------------------------------------------------------------------------
     @property
@@ -113,6 +156,8 @@ class Model:
 
     @property
     def device(self) -> torch.device:
+        """The first parameter's device. With ``device_map`` layers live on several devices: every
+        write goes to the device of the activation it meets, never to this one."""
         return next(self.hf.parameters()).device
 
     @property
@@ -191,12 +236,17 @@ class Model:
         """Logits of residual-stream vectors: final norm, unembedding, soft-capping if configured.
 
         Args:
-            hidden: ``[..., d_model]``.
+            hidden: ``[..., d_model]``, on any device and in any dtype (it goes to the final
+                norm's device and dtype first).
 
         Returns:
-            ``[..., vocab]`` logits, exactly as the model's last layer would give them.
+            ``[..., vocab]`` logits, exactly as the model's last layer would give them, on the
+            unembedding's device. Reads the weights: on a remote model call it inside
+            :meth:`request` (see :meth:`top_tokens`).
         """
-        logits = resolve(self.hf, self.arch.lm_head)(resolve(self.hf, self.arch.norm)(hidden))
+        norm = resolve(self.hf, self.arch.norm)
+        device, dtype = module_placement(norm)
+        logits = resolve(self.hf, self.arch.lm_head)(norm(hidden.to(device=device, dtype=dtype)))
         cap = getattr(self.text_config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
@@ -319,10 +369,57 @@ class Model:
 
     # --- tracing -------------------------------------------------------------------------------
     def trace_kwargs(self, **kwargs: Any) -> dict[str, Any]:
-        """Keyword arguments for ``nn.trace``/``nn.generate`` (adds ``remote=`` when set)."""
-        if self.remote:
-            kwargs.setdefault("remote", True)
+        """Keyword arguments for ``nn.trace``/``nn.generate`` (adds ``remote=`` when set, except
+        inside a :meth:`request`, whose traces are part of the one remote job)."""
+        if self.remote and not self._in_request:
+            kwargs.setdefault("remote", self.remote)
         return kwargs
+
+    def request(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, as one request to NDIF when the model is remote.
+
+        Locally this is a plain call. On a remote model (``remote=True`` or ``"local"``) the call
+        runs in one nnsight session: every trace ``fn`` opens, and the plain torch code between
+        them (e.g. decoding with the unembedding), runs on the server, and the return value comes
+        back. ``fn`` must therefore use only what the server has (torch, numpy, transformers,
+        einops, nnsight and taskvec's own code, which :func:`taskvec.load` registers to ship by
+        value): no pandas, tqdm or plotly. Nested requests are one request.
+
+        Example:
+            >>> m = taskvec.load("gemma-3-270m", remote="local")                          # doctest: +SKIP
+            >>> m.request(lambda: m.unembed(torch.zeros(640)).argmax()).item()            # doctest: +SKIP
+            2
+        """
+        if not self.remote or self._in_request:
+            return fn(*args, **kwargs)
+        import nnsight
+
+        self._in_request += 1
+        try:
+            with self.nn.session(remote=self.remote):
+                result = nnsight.save(fn(*args, **kwargs))
+        finally:
+            self._in_request -= 1
+        return result
+
+    def top_tokens(self, hidden: torch.Tensor, top_k: int,
+                   chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode residual-stream vectors to their ``top_k`` tokens (one request on a remote model).
+
+        Args:
+            hidden: ``[n, d_model]``.
+            chunk: rows decoded at once (full-vocabulary logits exist for ``chunk`` rows at a time).
+
+        Returns:
+            ``(logits [n, top_k], ids [n, top_k], logsumexp [n])``, float32 / long, on the CPU.
+            Full-vocabulary logits exist only for these ``n`` rows, on the model's side.
+        """
+        return self.request(_top_tokens, self, hidden, top_k, chunk)
+
+    def token_probs(self, hidden: torch.Tensor, ids: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """Probabilities of tokens ``ids`` ``[k]`` for residual vectors ``hidden`` ``[n, d_model]``:
+        ``[n, k]`` float32 on the CPU (one request on a remote model)."""
+        return self.request(_token_probs, self, hidden, ids, chunk)
 
     def trace(self, batch: Batch | None = None, **kwargs: Any) -> Any:
         """nnsight tracer for one forward over a processed batch: ``with m.trace(batch): ...``.

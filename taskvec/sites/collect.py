@@ -18,9 +18,9 @@ import torch
 
 from ..checks import one_of
 from ..errors import TaskvecError
-from ..inputs.batching import batches
 from ..inputs.prompts import Prompt, prompt_list
-from ..models.model import Model
+from ..models.each_batch import each_batch
+from ..models.model import Batch, Model
 from .heads import read_heads
 from .positions import check_at, resolve
 from .residual import read_resid
@@ -102,18 +102,21 @@ def collect(
         chosen = [model.check_layer(x, "layers") for x in ([layers] if getattr(layers, "ndim", None) == 0
                                                                        or not hasattr(layers, "__iter__") else layers)]
     read = read_resid if site == "resid" else read_heads
-    acc, kept = StreamingMean(), []
-    for chunk in batches(prompts, batch_size, desc=desc or f"{site} ({at})", progress=progress):
-        batch = model.encode(chunk)
+    order = sorted(set(chosen))
+
+    def step(batch: Batch) -> torch.Tensor:
         pos = resolve(model, batch, at)
-        rows = torch.arange(len(chunk))
+        rows = torch.arange(len(batch))
         with torch.no_grad(), model.trace(batch, logits_to_keep=1) as tracer:
             saved = nnsight.save([])
-            for layer in sorted(set(chosen)):
+            for layer in order:
                 saved.append(read(model, layer, rows, pos))
             tracer.stop()
-        by_layer = dict(zip(sorted(set(chosen)), saved))
-        block = torch.stack([by_layer[layer].float().cpu() for layer in chosen], dim=1)  # [b, L, ...]
+        by_layer = dict(zip(order, saved))
+        return torch.stack([by_layer[layer].float().cpu() for layer in chosen], dim=1)  # [b, L, ...]
+
+    acc, kept = StreamingMean(), []
+    for _, block in each_batch(model, prompts, batch_size, step, desc=desc or f"{site} ({at})", progress=progress):
         acc.add(block)
         if keep:
             kept.append(block)
