@@ -89,8 +89,8 @@ def each_batch(
                 raise
             _free_memory()
             smaller = max(1, size // 2)
-            message = (f"{desc}: a batch of {size} prompts ran out of memory on {model.name}; going on with "
-                       f"batch_size={smaller} (pass batch_size={smaller} to start there)")
+            message = (f"{desc}: batch_size={size} ran out of memory on {model.name} (a batch of {len(chunk)} "
+                       f"prompts); going on with batch_size={smaller} (pass batch_size={smaller} to start there)")
             warnings.warn(message, BatchSizeWarning, stacklevel=2)
             bar.set_postfix_str(f"batch_size={smaller}")
             size = smaller
