@@ -15,7 +15,7 @@ from einops import rearrange
 
 from ..errors import TaskvecError
 from ..models.model import Model
-from .residual import check_mode
+from .residual import check_mode, on_device
 
 
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -52,7 +52,7 @@ def read_heads(model: Model, layer: int, rows: Any, pos: Any) -> torch.Tensor:
         torch.Size([2, 4, 256])
     """
     x = model.head_input(layer).input
-    return split_heads(x[rows, pos], model.n_heads)
+    return split_heads(x[on_device(rows, x.device), on_device(pos, x.device)], model.n_heads)
 
 
 def write_heads(
@@ -74,7 +74,7 @@ def write_heads(
         mask: which heads to write, ``[n_heads]`` or ``[n, n_heads]`` bool; ``None``: all.
         mode: ``"replace"`` or ``"add"``.
 
-    Values and mask go to the activation's device (and the values to its dtype).
+    Values, mask and index tensors go to the activation's device (and the values to its dtype).
 
     Example:
         >>> with m.trace(batch):                                               # doctest: +SKIP
@@ -82,6 +82,7 @@ def write_heads(
     """
     check_mode(mode)
     x = model.head_input(layer).input
+    rows, pos = on_device(rows, x.device), on_device(pos, x.device)
     cur = split_heads(x[rows, pos], model.n_heads)
     values = values.to(device=cur.device, dtype=cur.dtype)
     new = values if mode == "replace" else cur + values

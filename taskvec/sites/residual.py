@@ -24,6 +24,12 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def on_device(index: Any, device: torch.device) -> Any:
+    """An index (a ``[n]`` tensor of rows or positions, a slice or an int) ready to index a tensor on
+    ``device``: index tensors go there too, so no write or read mixes devices."""
+    return index.to(device) if isinstance(index, torch.Tensor) else index
+
+
 def resid(model: Model, layer: int) -> Any:
     """Inside a trace: the hidden states after decoder layer ``layer``, ``[batch, seq, d_model]``
     (a proxy: index it to read, assign into it to write). Touch layers in forward order."""
@@ -32,7 +38,8 @@ def resid(model: Model, layer: int) -> Any:
 
 def read_resid(model: Model, layer: int, rows: Any, pos: Any) -> torch.Tensor:
     """Inside a trace: the residual after ``layer`` at ``(rows, pos)``, ``[n, d_model]``."""
-    return resid(model, layer)[rows, pos]
+    h = resid(model, layer)
+    return h[on_device(rows, h.device), on_device(pos, h.device)]
 
 
 def write_resid(model: Model, layer: int, rows: Any, pos: Any, value: torch.Tensor, mode: str = "replace") -> None:
@@ -40,6 +47,7 @@ def write_resid(model: Model, layer: int, rows: Any, pos: Any, value: torch.Tens
     ``(rows, pos)``. ``value`` goes to the activation's device and dtype."""
     h = resid(model, layer)
     value = value.to(device=h.device, dtype=h.dtype)
+    rows, pos = on_device(rows, h.device), on_device(pos, h.device)
     if mode == "replace":
         h[rows, pos] = value
     else:
