@@ -107,8 +107,9 @@ def with_demos(demo_pairs: Sequence[tuple[Any, str]], query_pairs: Sequence[tupl
     """Few-shot prompts: demonstrations (any modality) drawn with ``s.seed``, then the query.
 
     Demonstrations and queries may differ in modality (xBase). Draw them from another split than
-    the queries (the paper: validation demonstrations, test queries); within one text split a
-    query's own item is never one of its demonstrations.
+    the queries (the paper: validation demonstrations, test queries); within one split a query's
+    own item is never one of its demonstrations (images compare by their pixels, since each
+    ``pairs()`` call renders them anew).
     """
     return sample_icl_prompts(demo_pairs, query_pairs, n_shots=s.n_shots, seed=s.seed, template=s.template)
 

@@ -292,9 +292,15 @@ def zero_shot(pairs: Sequence[tuple[Any, str]], template: Template = GENERIC) ->
 
 
 def _same_input(a: Any, b: Any) -> bool:
-    if isinstance(a, str) and isinstance(b, str):
-        return a == b
-    return a is b
+    """Whether two inputs are the same item: equal strings, or images with the same pixels (a task's
+    images are rendered anew on every ``pairs()`` call, so the same item is a different object)."""
+    if a is b:
+        return True
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    if all(hasattr(x, "tobytes") and hasattr(x, "size") and hasattr(x, "mode") for x in (a, b)):
+        return a.size == b.size and a.mode == b.mode and a.tobytes() == b.tobytes()
+    return False
 
 
 def chat_template(tokenizer: Any, *, system: str | None = None) -> Template:
