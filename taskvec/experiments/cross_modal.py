@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..checks import count, integer
 from ..errors import TaskvecError
-from ..inputs.metric import is_correct, majority
+from ..inputs.metric import is_correct, majority, seed_spread, wilson_interval
 from ..inputs.prompts import GENERIC, Prompt, Template, sample_icl_prompts, zero_shot
 from ..interventions.run import predict
 from ..methods.patching import best_layer, layer_sweep, patch_predict
@@ -36,8 +36,13 @@ class Setting:
 
     Attributes:
         n_shots: demonstrations per prompt (paper: 5).
-        seeds: seeds of the ICL prompts averaged into a task vector.
-        seed: seed of the demonstrations drawn for Base/xBase/Random.
+        seeds: seeds of the ICL prompts of a task vector.
+        seed: seed of the demonstrations drawn for Base/xBase/Random (pooled runs).
+        per_seed: ``True`` (the reference's protocol): one vector per seed, each evaluated, the
+            baselines drawn per seed, accuracies averaged over seeds and reported with their
+            spread; the layer is chosen on the validation accuracy averaged over seeds, then
+            tasks. ``False``: the seeds' prompts pooled into one vector, baselines drawn once with
+            ``seed`` (less noise, no spread; docs/deviations.md).
         n_val, n_test: cap on validation / test queries per task (None: the whole split; a cap is a
             whole number >= 1).
         batch_size: prompts per forward.
@@ -53,6 +58,7 @@ class Setting:
     batch_size: int = 32
     case_sensitive: bool = True
     template: Template = GENERIC
+    per_seed: bool = False
 
     def __post_init__(self) -> None:
         # checked here, before any work: 0 is not "all" (None is), and a seed list becomes a tuple
@@ -68,12 +74,26 @@ class Setting:
         count("batch_size", self.batch_size)
         if not isinstance(self.case_sensitive, bool):
             raise TaskvecError(f"case_sensitive={self.case_sensitive!r}: pass True or False")
+        if not isinstance(self.per_seed, bool):
+            raise TaskvecError(f"per_seed={self.per_seed!r}: pass True or False")
         if not isinstance(self.template, Template):
             raise TaskvecError(f"template={self.template!r}: pass a taskvec Template (e.g. taskvec.GENERIC)")
 
     def key(self) -> str:
-        """A digest of every field (the whole template included): result stores are keyed by it."""
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        """A digest of every field (the whole template included): result stores are keyed by it.
+        (``per_seed=False`` is left out, so pooled results stored before the switch existed are
+        still found.)"""
+        fields = asdict(self)
+        if not self.per_seed:
+            fields.pop("per_seed")
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+    def runs(self) -> list[tuple[Any, "Setting"]]:
+        """``[(seed label, setting of that run)]``: one run per seed with ``per_seed``, else one
+        pooled run (label ``"pooled"``)."""
+        if not self.per_seed:
+            return [("pooled", self)]
+        return [(sd, replace(self, seeds=(sd,), seed=sd, per_seed=False)) for sd in self.seeds]
 
 
 def task_key(task: Any) -> str:
@@ -162,8 +182,8 @@ def baselines(model: Model, task: Any, spec: str, query: str, s: Setting, *, spl
     rows.append(("Random", spec, score(icl, maj, s)))
     preds = predict(model, icl, batch_size=s.batch_size, progress=False)
     rows.append((base_name, spec, score(icl, preds, s)))
-    return pd.DataFrame([dict(task=task.name, method=m, spec=sp, query=query, accuracy=sum(c) / len(c), n=len(c))
-                         for m, sp, c in rows])
+    return pd.DataFrame([dict(task=task.name, method=m, spec=sp, query=query, accuracy=sum(c) / len(c), n=len(c),
+                              correct=sum(c)) for m, sp, c in rows])
 
 
 def transfer_experiment(
@@ -208,49 +228,83 @@ def transfer_experiment(
     prefix = () if source is None else ("from", source.key)
     keys = {id(task): task_key(task) for task in tasks}
     st = Store(None if store is None else Path(store) / safe_name(model.key, s.key()))
+    runs = s.runs()
     sweeps, summary, chosen = [], [], []
-    bar = tqdm(total=len(combos) * len(tasks), desc="transfer", disable=not progress)
-    vectors: dict[tuple[str, str], TaskVector] = {}
+    bar = tqdm(total=len(combos) * len(tasks) * len(runs), desc="transfer", disable=not progress)
+    vectors: dict[tuple, TaskVector] = {}
+
+    def vector(task: Any, spec: str, seed: Any, rs: Setting) -> TaskVector:
+        key = (keys[id(task)], spec, seed)
+        if key not in vectors:
+            vectors[key] = task_vector(src, task, spec, rs)
+        return vectors[key]
+
     for spec, query in combos:
         per_combo = []
         for task in tasks:
-            key = (keys[id(task)], spec)
+            for seed, rs in runs:
+                tag = () if seed == "pooled" else (f"seed{seed}",)
 
-            def run_sweep(task: Any = task, key: tuple = key) -> pd.DataFrame:
-                if key not in vectors:
-                    vectors[key] = task_vector(src, task, spec, s)
-                return sweep_task(model, vectors[key], task, query, s, allow_transfer=source is not None)
+                def run_sweep(task: Any = task, seed: Any = seed, rs: Setting = rs) -> pd.DataFrame:
+                    return sweep_task(model, vector(task, spec, seed, rs), task, query, rs,
+                                      allow_transfer=source is not None)
 
-            unit = safe_name("sweep", *prefix, keys[id(task)], spec, "to", query)
-            df = st.get_or_run(unit, run_sweep).assign(spec=spec, query=query)
-            per_combo.append(df)
-            bar.update()
+                unit = safe_name("sweep", *prefix, keys[id(task)], spec, "to", query, *tag)
+                per_combo.append(st.get_or_run(unit, run_sweep).assign(spec=spec, query=query, seed=str(seed)))
+                bar.update()
         combo_df = pd.concat(per_combo, ignore_index=True)
-        layer = best_layer(combo_df)
+        layer = best_layer(combo_df)  # per task and layer, pooled over seeds (equal sizes: their mean), then tasks
         chosen.append(dict(spec=spec, query=query, layer=layer))
         sweeps.append(combo_df)
         name = ("Patch" if spec == query else "xPatch")
         for task in tasks:
+            for seed, rs in runs:
+                tag = () if seed == "pooled" else (f"seed{seed}",)
 
-            def run_test(task: Any = task, key: tuple = (keys[id(task)], spec), layer: int = layer) -> pd.DataFrame:
-                if key not in vectors:
-                    vectors[key] = task_vector(src, task, spec, s)
-                qs = zero_shot(pairs(task, "test", query, s.n_test), s.template)
-                preds = patch_predict(model, vectors[key], qs, layer, batch_size=s.batch_size, progress=False,
-                                      allow_transfer=source is not None)
-                c = score(qs, preds, s)
-                return pd.DataFrame([dict(task=task.name, method=name, spec=spec, query=query,
-                                          accuracy=sum(c) / len(c), n=len(c), layer=layer)])
+                def run_test(task: Any = task, seed: Any = seed, rs: Setting = rs, layer: int = layer) -> pd.DataFrame:
+                    qs = zero_shot(pairs(task, "test", query, rs.n_test), rs.template)
+                    preds = patch_predict(model, vector(task, spec, seed, rs), qs, layer, batch_size=rs.batch_size,
+                                          progress=False, allow_transfer=source is not None)
+                    c = score(qs, preds, rs)
+                    return pd.DataFrame([dict(task=task.name, method=name, spec=spec, query=query,
+                                              accuracy=sum(c) / len(c), n=len(c), correct=sum(c), layer=layer)])
 
-            unit = safe_name("test", *prefix, keys[id(task)], spec, "to", query, f"L{layer}")
-            summary.append(st.get_or_run(unit, run_test))
-            if source is None:
-                unit = safe_name("baselines", keys[id(task)], spec, "to", query)
-                summary.append(st.get_or_run(unit, lambda task=task: baselines(model, task, spec, query, s)))
+                unit = safe_name("test", *prefix, keys[id(task)], spec, "to", query, f"L{layer}", *tag)
+                summary.append(st.get_or_run(unit, run_test).assign(seed=str(seed)))
+                if source is None:
+                    unit = safe_name("baselines", keys[id(task)], spec, "to", query, *tag)
+                    summary.append(st.get_or_run(unit, lambda task=task, rs=rs: baselines(model, task, spec, query, rs))
+                                   .assign(seed=str(seed)))
     bar.close()
-    out = pd.concat(summary, ignore_index=True)
-    out = out.drop_duplicates(subset=["task", "method", "spec", "query"], keep="first")
-    return {"summary": out, "sweep": pd.concat(sweeps, ignore_index=True), "layers": pd.DataFrame(chosen)}
+    per_run = pd.concat(summary, ignore_index=True)
+    per_run = per_run.drop_duplicates(subset=["task", "method", "spec", "query", "seed"], keep="first")
+    return {"summary": summarise(per_run), "per_seed": per_run, "sweep": pd.concat(sweeps, ignore_index=True),
+            "layers": pd.DataFrame(chosen)}
+
+
+def summarise(per_run: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, method, spec, query): the accuracy averaged over seeds, with ``n`` (test
+    queries per seed), ``n_seeds``, the per-seed standard deviation ``seed_sd`` and its 95%
+    t-interval half-width ``seed_ci``, and a 95% Wilson interval ``ci_low``-``ci_high`` over every
+    query of every seed.
+
+    Rows stored before the correct counts were recorded get them back from ``accuracy × n``.
+    """
+    df = per_run.copy()
+    if "correct" not in df.columns:
+        df["correct"] = float("nan")
+    df["correct"] = df["correct"].fillna((df["accuracy"] * df["n"]).round()).astype(int)
+    rows = []
+    keys = ["task", "method", "spec", "query"]
+    for key, g in df.groupby(keys, sort=False):
+        mean, sd, half = seed_spread(g["accuracy"].tolist())
+        low, high = wilson_interval(int(g["correct"].sum()), int(g["n"].sum()))
+        row = dict(zip(keys, key), accuracy=mean, n=int(g["n"].iloc[0]), n_seeds=len(g), seed_sd=sd, seed_ci=half,
+                   ci_low=low, ci_high=high)
+        if "layer" in g.columns and g["layer"].notna().any():
+            row["layer"] = g["layer"].dropna().iloc[0]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def wide_table(summary: pd.DataFrame) -> pd.DataFrame:

@@ -66,3 +66,47 @@ def majority(labels: Iterable[str]) -> str:
     if not counts:
         raise TaskvecError("majority() needs at least one label")
     return max(counts, key=lambda k: counts[k])
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% (``z=1.96``) Wilson score interval of an accuracy of ``correct`` out of ``n`` queries.
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or 1, which is
+    where small test sets put many of the paper's cells.
+
+    Example:
+        >>> [round(x, 3) for x in wilson_interval(7, 10)]
+        [0.397, 0.892]
+        >>> wilson_interval(0, 7)[0]
+        0.0
+    """
+    if n <= 0:
+        raise TaskvecError(f"n={n}: an interval needs at least one query")
+    if not 0 <= correct <= n:
+        raise TaskvecError(f"correct={correct} is outside 0..n={n}")
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def seed_spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """``(mean, standard deviation, half-width of the 95% t-interval)`` of per-seed accuracies
+    (``0.0`` spread for one seed).
+
+    Example:
+        >>> [round(x, 3) for x in seed_spread([0.5, 0.6, 0.7])]
+        [0.6, 0.1, 0.248]
+    """
+    vals = [float(v) for v in values]
+    if not vals:
+        raise TaskvecError("no per-seed values given")
+    n = len(vals)
+    mean = sum(vals) / n
+    if n == 1:
+        return mean, 0.0, 0.0
+    sd = (sum((v - mean) ** 2 for v in vals) / (n - 1)) ** 0.5
+    # two-sided 97.5% t quantiles for 1..9 degrees of freedom, then the normal's
+    t = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}.get(n - 1, 1.96)
+    return mean, sd, t * sd / n ** 0.5

@@ -33,6 +33,7 @@ from ..inputs.prompts import Prompt
 from ..models.model import Batch, Model
 from ..sites.attention import attention_logits, check_supported
 from ..sites.heads import merge_heads
+from ..sites.residual import mlp_output
 from .files import load_artifact, loading, save_artifact
 from .run import batch_logits, generate, predict
 
@@ -135,14 +136,17 @@ class MimIC(torch.nn.Module):
         mu = torch.sigmoid(log_z1 - log_z2)
         return torch.where(torch.isfinite(log_z2), mu, torch.zeros_like(mu))  # fully masked rows (padding)
 
-    def apply(self, model: Model, rows: Any = None, pos: Any = None, *, hidden: list | None = None) -> None:
+    def apply(self, model: Model, rows: Any = None, pos: Any = None, *, hidden: list | None = None,
+              site: str = "resid") -> None:
         """Inside a trace: shift every chosen layer's head outputs at every position.
 
         Args:
             rows: ignored (MimIC writes at every token; the runner passes ``None``).
             pos: ignored, likewise.
-            hidden: if given (an ``nnsight.save([])`` list), each decoder layer's output hidden
-                states ``[batch, seq, d_model]`` are appended, in layer order.
+            hidden: if given (an ``nnsight.save([])`` list), one state per decoder layer is
+                appended, in layer order: ``[batch, seq, d_model]``.
+            site: which state ``hidden`` collects: ``"resid"`` (each layer's output) or ``"mlp"``
+                (each layer's feed-forward output, what the reference aligns).
         """
         index = {layer: i for i, layer in enumerate(self.layers)}
         for layer in range(model.n_layers):
@@ -153,7 +157,7 @@ class MimIC(torch.nn.Module):
                 shift = mu.transpose(1, 2)[..., None] * self.shift[i].to(mu.device)  # [b, q, H, Dh]
                 a.envoy.input = a.heads + merge_heads(shift).to(a.heads.dtype)
             if hidden is not None:
-                hidden.append(model.residual(model.layers()[layer].output))
+                hidden.append(mlp_output(model, layer) if site == "mlp" else model.residual(model.layers()[layer].output))
             elif layer >= self.layers[-1]:
                 break
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from ..checks import count, integer
+from ..checks import count, integer, one_of
 from ..errors import TaskvecError
 from ..inputs.prompts import GENERIC, Template
 from ..inputs.trials import icl_trials
@@ -85,10 +85,13 @@ def activation_deltas(
     are read at each prompt's last token (the query's delimiter in both).
 
     Args:
-        reduce: ``"mean_norm"`` (default, docs/design.md §4): the mean over pairs of
-            ``‖A_ctx − A_query‖₂``, how strongly a head reacts to context; ``"norm_mean"``: the
-            norm of the mean delta vector, which keeps only the shift that is consistent across
-            pairs (query-specific changes cancel).
+        reduce: ``"mean_norm"`` (default, the paper's formula, docs/design.md §4): the mean over
+            pairs of ``‖A_ctx − A_query‖₂``, how strongly a head reacts to context;
+            ``"relative"``: the mean over pairs of ``‖A_ctx − A_query‖₂ / ‖A_query‖₂``, the same
+            reaction measured against the head's own output scale (heads whose outputs are large
+            whatever the input, e.g. Gemma's layer-0 heads, no longer win by scale alone);
+            ``"norm_mean"``: the norm of the mean delta vector, which keeps only the shift that is
+            consistent across pairs (query-specific changes cancel).
 
     Returns:
         :class:`Deltas` (``.delta`` ``[n_layers, n_heads]``).
@@ -98,8 +101,7 @@ def activation_deltas(
         >>> d.delta.shape                                    # doctest: +SKIP
         torch.Size([18, 4])
     """
-    if reduce not in ("mean_norm", "norm_mean"):
-        raise TaskvecError(f"reduce={reduce!r}: use 'mean_norm' or 'norm_mean'")
+    one_of("reduce", reduce, REDUCES)
     count("n_pairs", n_pairs, fix="trials to average over")
     count("batch_size", batch_size)
     ctx, alone = icl_trials(pairs, n_pairs, n_shots=n_shots, seed=seed, template=template)
@@ -112,17 +114,26 @@ def activation_deltas(
     assert with_ctx is not None and without is not None
     without = without[torch.tensor(index)]
     meta = dict(n_pairs=n_pairs, n_shots=n_shots, seed=seed, template=template.name, reduce=reduce)
-    return Deltas(_reduce(with_ctx - without, reduce), with_ctx if keep_context else None, model.name, meta,
+    return Deltas(_reduce(with_ctx - without, reduce, without), with_ctx if keep_context else None, model.name, meta,
                   without if keep_context else None)
 
 
-def _reduce(diff: torch.Tensor, reduce: str) -> torch.Tensor:
-    """``[n_pairs, L, H, Dh]`` differences -> ``[L, H]``."""
+#: how per-pair head deltas become one number per head (see :func:`activation_deltas`)
+REDUCES = ("mean_norm", "relative", "norm_mean")
+
+
+def _reduce(diff: torch.Tensor, reduce: str, alone: torch.Tensor | None = None) -> torch.Tensor:
+    """``[n_pairs, L, H, Dh]`` differences (and the query-alone activations for ``"relative"``)
+    -> ``[L, H]``."""
     if reduce == "mean_norm":
         return diff.norm(dim=-1).mean(0).float()
+    if reduce == "relative":
+        if alone is None:
+            raise TaskvecError("reduce='relative' needs the query-alone activations")
+        return (diff.norm(dim=-1) / alone.norm(dim=-1).clamp_min(1e-6)).mean(0).float()
     if reduce == "norm_mean":
         return diff.mean(0).norm(dim=-1).float()
-    raise TaskvecError(f"reduce={reduce!r}: use 'mean_norm' or 'norm_mean'")
+    raise TaskvecError(f"reduce={reduce!r}: use one of {REDUCES}")
 
 
 def delta_heatmap(

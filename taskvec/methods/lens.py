@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import torch
 
-from ..checks import count, integer
+from ..checks import count, integer, one_of
 from ..errors import TaskvecError
 from ..inputs.prompts import Prompt, prompt_list
 from ..models.model import Model
@@ -184,6 +184,46 @@ class LensResult:
         flat = self.hidden.transpose(0, 1).reshape(n_layers * n, -1)  # layer-major: [L * P, d]
         probs = self.model.token_probs(flat, index, self.chunk)
         return probs.reshape(n_layers, n, -1).transpose(0, 1)
+
+    def input_tokens(self, *, early: int | None = None, top: int = 3) -> list[int]:
+        """The model's own *input phase* tokens: the most common top-1 decodings of the decoded
+        position over the first ``early`` layers (default: the first sixth of the model's layers,
+        at least one), at most ``top`` distinct ids, most common first.
+
+        The paper's input phase is the delimiter's model-specific early decoding (``auf`` for the
+        colon on Idefics2), not the literal ``:``; on Gemma-3 the colon decodes early to tokens
+        such as ``tikz``. This reads them from the prompts decoded here, so each model gets its
+        own set (docs/deviations.md).
+
+        Example:
+            >>> r = taskvec.lens(m, prompts)                          # doctest: +SKIP
+            >>> m.tokenizer.decode(r.input_tokens()[:1])              # doctest: +SKIP
+            'tikz'
+        """
+        n = self.model.n_layers
+        early = max(1, -(-n // 6)) if early is None else count("early", early, fix=f"a number of layers, 1..{n}")
+        top = count("top", top, fix="how many distinct tokens")
+        first = self.top1()
+        first = first[first.layer < early]
+        if first.empty:
+            raise TaskvecError(f"this lens result decodes no layer below {early} (its layers are {self.layers}): "
+                               "run the lens over the early layers (layers=None) to read the input tokens")
+        return [int(i) for i in first.token_id.value_counts().index[:top]]
+
+    def phase_categories(self, task: Any, *, input: str = "model") -> dict[str, list]:
+        """The paper's three categories for ``task``: ``input`` from this model's own early decoding
+        (:meth:`input_tokens`, ``input="model"``, the default) or the task's literal words
+        (``input="literal"``: ``[":"]`` unless the task says otherwise); ``task`` and ``answer``
+        from the task.
+
+        Example:
+            >>> r.phases(r.phase_categories(task)).df.head()        # doctest: +SKIP
+        """
+        one_of("input", input, ("model", "literal"))
+        cats = task.phase_categories()
+        if input == "model":
+            cats["input"] = self.input_tokens()
+        return cats
 
     def phases(self, categories: Mapping[str, TokenSpec], *, title: str | None = None) -> PhaseResult:
         """Summed probability per category and layer, averaged over prompts (paper Fig. 3).

@@ -2,8 +2,15 @@
 
 The teacher is the frozen model on ``k`` demonstrations + query + answer; the student is the
 shifted model (:class:`~taskvec.MimIC`) on query + answer; loss =
-``0.5 · CE(answer tokens) + 1.0 · MSE(per-layer hidden states on the query+answer tokens)``;
+``0.5 · CE(answer tokens) + 1.0 · MSE(per-layer states on the query+answer tokens)``;
 AdamW with a cosine schedule.
+
+Which states are aligned is a switch (``align=``): ``"mlp"``, each layer's feed-forward output, as
+the reference code aligns (its hooks on ``…layers.N.mlp``), the default; ``"resid"``, each layer's
+output (the residual stream), taskvec's earlier choice. ``align_norm="layer"`` divides each layer's
+squared error by the teacher's mean squared state at that layer, so no layer's scale (Gemma's
+massive residual dimensions) swamps the CE term; ``"none"`` is the reference's plain MSE. The
+history logs the two terms apart (``ce``, ``align``) and their weighted shares.
 """
 
 from __future__ import annotations
@@ -17,14 +24,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..checks import count, integer
+from ..checks import count, integer, one_of
 from ..errors import TaskvecError
 from ..inputs.batching import batches
 from ..inputs.prompts import GENERIC, Prompt, Template, icl_prompt
 from ..interventions.mimic import MimIC
 from ..models.model import Batch, Model
 from ..sites.attention import attention_logits
-from ..sites.residual import resid
+from ..sites.residual import mlp_output, resid
 from .answers import answer_ids
 from .fit import Fit
 
@@ -47,14 +54,20 @@ def _real(batch: Batch, i: int) -> torch.Tensor:
     return ids if mask is None else ids[mask[i].bool()]
 
 
-def _teacher_targets(model: Model, examples: list[_Example], batch_size: int, progress: bool) -> None:
-    """Fill each example's teacher hidden states on its query+answer tail (no grad)."""
+ALIGN_SITES = ("mlp", "resid")
+ALIGN_NORMS = ("none", "layer")
+
+
+def _teacher_targets(model: Model, examples: list[_Example], batch_size: int, progress: bool,
+                     site: str = "mlp") -> None:
+    """Fill each example's teacher states (``site``: MLP outputs or residual) on its query+answer
+    tail (no grad)."""
     for chunk in batches(examples, batch_size, desc="MimIC teacher", progress=progress):
         sb, tb = model.encode([e.student for e in chunk]), model.encode([e.teacher for e in chunk])
         with torch.no_grad(), model.trace(tb, logits_to_keep=1) as tracer:
             hs = nnsight.save([])
             for layer in range(model.n_layers):
-                hs.append(resid(model, layer))
+                hs.append(mlp_output(model, layer) if site == "mlp" else resid(model, layer))
             tracer.stop()
         stacked = torch.stack([h.float().cpu() for h in hs])  # [L, b, S, d], kept on the CPU
         for i, e in enumerate(chunk):
@@ -68,15 +81,24 @@ def _teacher_targets(model: Model, examples: list[_Example], batch_size: int, pr
             e.target = stacked[:, i, -n:].clone()
 
 
+def _layer_scales(examples: list[_Example]) -> torch.Tensor:
+    """``[n_layers]``: the teacher's mean squared state per layer and dimension over every example's
+    tail tokens (what ``align_norm="layer"`` divides each layer's squared error by)."""
+    total = sum(e.target.pow(2).sum(dim=(1, 2)) for e in examples if e.target is not None)
+    n = sum(e.target.shape[1] * e.target.shape[2] for e in examples if e.target is not None)
+    return (total / n).clamp_min(1e-12)
+
+
 def _student_loss(
-    mimic: MimIC, model: Model, chunk: list[_Example], ce_weight: float, align_weight: float
+    mimic: MimIC, model: Model, chunk: list[_Example], ce_weight: float, align_weight: float,
+    site: str = "mlp", scales: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float, float]:
     batch = model.encode([e.student for e in chunk])
     B, S = batch.input_ids.shape
     A = max(len(e.answer) for e in chunk)
     with model.trace(batch, logits_to_keep=A + 1):
         hs = nnsight.save([])
-        mimic.apply(model, hidden=hs)
+        mimic.apply(model, hidden=hs, site=site)
         logits = model.nn.output.logits.save()
     labels = torch.full((B, A + 1), -100, dtype=torch.long)
     target = torch.zeros(model.n_layers, B, S, model.d_model)
@@ -94,6 +116,8 @@ def _student_loss(
     ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
     student = torch.stack([h.float().to(device) for h in hs])  # [L, B, S, d]
     sq = ((student - target) ** 2).sum(-1)  # [L, B, S]
+    if scales is not None:  # each layer's error relative to the teacher's scale there
+        sq = sq / scales.to(device)[:, None, None]
     align = (sq * tail).sum() / (tail.sum() * model.n_layers * model.d_model)
     loss = ce_weight * ce + align_weight * align
     return loss, float(ce.detach()), float(align.detach())
@@ -136,6 +160,8 @@ def fit_mimic(
     weight_decay: float = 0.0,
     ce_weight: float = 0.5,
     align_weight: float = 1.0,
+    align: str = "mlp",
+    align_norm: str = "none",
     layers: Sequence[int] | None = None,
     seed: int = 0,
     task: str = "custom",
@@ -148,9 +174,18 @@ def fit_mimic(
     the other pairs (drawn with ``seed``). Teacher hidden states are computed once. The model's
     weights are frozen during training and restored afterwards.
 
+    Args:
+        align: which states the student aligns to the teacher's: ``"mlp"`` (each layer's
+            feed-forward output, the reference's) or ``"resid"`` (each layer's output).
+        align_norm: ``"none"`` (plain MSE, the reference's) or ``"layer"`` (each layer's squared
+            error divided by the teacher's mean squared state there: no layer's scale swamps CE).
+        ce_weight, align_weight: the loss is ``ce_weight · CE + align_weight · align`` (paper:
+            0.5 and 1.0).
+
     Returns:
         :class:`~taskvec.methods.fit.Fit`: ``intervention`` the :class:`~taskvec.MimIC`,
-        ``history`` ``step, loss, ce, align, lr``, ``timings`` ``teacher`` and ``train``
+        ``history`` ``step, loss, ce, align, ce_share, lr`` (``ce_share``: the weighted CE's share
+        of the loss: near 0 means training is alignment only), ``timings`` ``teacher`` and ``train``
         (``mim, hist = fit_mimic(...)`` still unpacks the first two).
 
     Example:
@@ -161,6 +196,8 @@ def fit_mimic(
     pairs = list(pairs)
     n_shots, steps, batch_size = count("n_shots", n_shots), count("steps", steps), count("batch_size", batch_size)
     integer("seed", seed)
+    one_of("align", align, ALIGN_SITES)
+    one_of("align_norm", align_norm, ALIGN_NORMS)
     if model.remote:
         raise TaskvecError(
             f"fit_mimic cannot train on a remote model ({model.name}, remote={model.remote!r}): each step "
@@ -180,9 +217,11 @@ def fit_mimic(
                                  answer_ids(model, y, template)))
     mimic = MimIC.for_model(model, layers)
     mimic.meta = dict(task=task, n_shots=n_shots, steps=steps, batch_size=batch_size, lr=lr, ce_weight=ce_weight,
-                      align_weight=align_weight, seed=seed, n_pairs=len(pairs), template=template.name)
+                      align_weight=align_weight, align=align, align_norm=align_norm, seed=seed, n_pairs=len(pairs),
+                      template=template.name)
     start = time.perf_counter()
-    _teacher_targets(model, examples, batch_size=16, progress=progress)
+    _teacher_targets(model, examples, batch_size=16, progress=progress, site=align)
+    scales = _layer_scales(examples) if align_norm == "layer" else None
     init_gates(mimic, model, [icl_prompt([], x, template=template) for x, _ in pairs])
     teacher = time.perf_counter() - start
     opt = torch.optim.AdamW(mimic.parameters(), lr=lr, weight_decay=weight_decay)
@@ -199,11 +238,13 @@ def fit_mimic(
                 rng.shuffle(block)
                 order.extend(block)
             chunk = [examples[order.pop()] for _ in range(min(batch_size, len(examples)))]
-            loss, ce, align = _student_loss(mimic, model, chunk, ce_weight, align_weight)
+            loss, ce, aligned = _student_loss(mimic, model, chunk, ce_weight, align_weight, align, scales)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            rows.append(dict(step=step, loss=float(loss.detach()), ce=ce, align=align, lr=sched.get_last_lr()[0]))
+            total_loss = float(loss.detach())
+            rows.append(dict(step=step, loss=total_loss, ce=ce, align=aligned,
+                             ce_share=ce_weight * ce / total_loss if total_loss else 0.0, lr=sched.get_last_lr()[0]))
             sched.step()
     finally:
         for p, flag in frozen:

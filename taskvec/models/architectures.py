@@ -29,6 +29,8 @@ class Architecture:
             (its *input* is the per-head output ``[batch, seq, n_heads * d_head]``).
         q_proj, k_proj: paths relative to one decoder layer of the query / key projections
             (MimIC needs the query and the keys).
+        mlp: path, relative to one decoder layer, of the feed-forward block (MimIC aligns its
+            output, as the reference code does).
         q_norm, k_norm: paths of the per-head query / key norms applied before the rotary
             embedding (Gemma-3, Qwen3), ``None`` when the architecture has none.
         image_token: the text a prompt uses for one image, which the processor expands into the
@@ -63,6 +65,7 @@ class Architecture:
     out_proj: str = "self_attn.o_proj"
     q_proj: str = "self_attn.q_proj"
     k_proj: str = "self_attn.k_proj"
+    mlp: str = "mlp"
     q_norm: str | None = None
     k_norm: str | None = None
     image_token: str | None = None

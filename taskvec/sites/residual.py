@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..errors import TaskvecError
+from ..models.architectures import resolve
 from ..models.model import Model
 
 MODES = ("replace", "add")
@@ -34,6 +35,13 @@ def resid(model: Model, layer: int) -> Any:
     """Inside a trace: the hidden states after decoder layer ``layer``, ``[batch, seq, d_model]``
     (a proxy: index it to read, assign into it to write). Touch layers in forward order."""
     return model.residual(model.layers()[layer].output)
+
+
+def mlp_output(model: Model, layer: int) -> Any:
+    """Inside a trace: the output of decoder layer ``layer``'s feed-forward block (MLP),
+    ``[batch, seq, d_model]``, before it is added to the residual stream (and, on Gemma, before the
+    post-feed-forward norm). Read it after the layer's attention, before the layer's output."""
+    return resolve(model.layers()[layer], model.arch.mlp).output
 
 
 def read_resid(model: Model, layer: int, rows: Any, pos: Any) -> torch.Tensor:
