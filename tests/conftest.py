@@ -2,9 +2,10 @@
 
 Every test lives in one tier folder, fastest first: ``unit`` (no model at all, the whole tier under
 a minute), ``tiny`` (tiny random instances of every architecture), ``embedded`` (Gemma-3-270m and
-the embedded VLM), ``slow`` (analyses, notebooks, training: minutes each). Each test is marked with
-its folder's name, so ``-m unit`` or ``-m "not slow"`` select by tier, and the suite runs the tiers
-in that order.
+the embedded VLM), ``slow`` (analyses, notebooks, training: minutes each), then ``gpu`` (the same
+operations on CUDA, tiny models again; every test skips where no CUDA device is, see
+tests/gpu/conftest.py and scripts/gpu-check). Each test is marked with its folder's name, so
+``-m unit`` or ``-m "not slow"`` select by tier, and the suite runs the tiers in that order.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 import taskvec
 
-TIERS = ("unit", "tiny", "embedded", "slow")
+TIERS = ("unit", "tiny", "embedded", "slow", "gpu")
 HERE = Path(__file__).resolve().parent
 
 
