@@ -3,7 +3,9 @@ text ICL and image ICL, on all six tasks.
 
 For each task and specification, 5-shot prompts (the query's own item excluded), logit lens at
 the query's delimiter, summed probability of the task's input / task / answer token sets per
-layer (mean ± std over prompts). Text ICL runs on the LLM and the VLM; image ICL on the VLM.
+layer (mean ± std over prompts). The input set is each model's own early decoding of the
+delimiter (``LensResult.input_tokens``; ``--input literal`` restores the literal ``:``), written to
+``fig3_input_tokens.csv``. Text ICL runs on the LLM and the VLM; image ICL on the VLM.
 
     python -m analyses.fig3_phases [--quick] [--model VLM] [--llm LLM]
 """
@@ -12,12 +14,16 @@ from __future__ import annotations
 
 import pandas as pd
 
+from taskvec.methods.lens import token_ids
+
 from analyses._common import DEFAULT_LLM, experiment_parser, lens_runs, load_model, save_figure, setting_from, tasks_from, write_table
 
 
 def main(argv=None) -> None:
     ap = experiment_parser(__doc__)
     ap.add_argument("--llm", default=DEFAULT_LLM, help="also run text ICL on this LLM ('' to skip)")
+    ap.add_argument("--input", choices=("model", "literal"), default="model",
+                    help="input-phase tokens: the model's own early decoding of the delimiter (default) or the literal ':'")
     args = ap.parse_args(argv)
     s = setting_from(args)
     models = [load_model(args.model, args)] + ([load_model(args.llm, args)] if args.llm else [])
@@ -27,9 +33,16 @@ def main(argv=None) -> None:
     import plotly.graph_objects as go
 
     runs = list(lens_runs(models, tasks_from(args), s, n_prompts))
+    inputs = []
     for model, task, spec, result in runs:
-        ph = result.phases(task.phase_categories())
+        # the input phase: this model's own early decoding of the delimiter (paper: `auf` on Idefics2)
+        cats = result.phase_categories(task, input=args.input)
+        ph = result.phases(cats)
         frames.append(ph.df.assign(model=model.name, task=task.name, spec=f"{spec} ICL"))
+        ids = token_ids(model.tokenizer, cats["input"])
+        inputs.append(dict(model=model.name, task=task.name, spec=f"{spec} ICL", input=args.input,
+                           tokens=" | ".join(repr(model.tokenizer.decode([i])) for i in ids), ids=" ".join(map(str, ids))))
+    write_table(pd.DataFrame(inputs), "fig3_input_tokens.csv")
     df = pd.concat(frames, ignore_index=True)
     # columns p_input / p_task / p_answer: a bare "task" column would collide with the task name
     write_table(df.pivot_table(index=["model", "spec", "task", "layer"], columns="category", values="mean").add_prefix("p_"),

@@ -2,8 +2,10 @@
 
 For each task: text-ICL vectors from the LLM and from the VLM on the same prompts, their
 per-layer cosine similarity, the random-pair baseline (cosine between VLM vectors of different
-tasks), and test accuracy on image queries of VLM-VLM xPatch and LLM-VLM xPatch (each at its own
-validation-chosen layer).
+tasks), and test accuracy on image queries of VLM-VLM xPatch and LLM-VLM xPatch, each at its own
+validation-chosen layer and, so the gap is not a layer change, LLM-VLM xPatch also at the VLM-VLM
+layer (the reference patches both at the VLM's one pinned layer). Every accuracy comes with n and a
+95% Wilson interval (table7_llm_to_vlm_intervals.csv).
 
     python -m analyses.table4_llm_to_vlm [--quick] [--model VLM] [--llm LLM]
     python -m analyses.table4_llm_to_vlm --model HuggingFaceM4/idefics2-8b --llm mistralai/Mistral-7B-v0.1
@@ -16,7 +18,9 @@ import itertools
 import pandas as pd
 
 import taskvec
-from taskvec.experiments.cross_modal import task_vector
+from taskvec.experiments.cross_modal import pairs as task_pairs
+from taskvec.experiments.cross_modal import score, task_vector, zero_shot
+from taskvec.inputs.metric import wilson_interval
 from analyses._common import DEFAULT_LLM, bar_figure, experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_json, write_table
 
 
@@ -41,9 +45,23 @@ def main(argv=None) -> None:
     layer_vv = int(own["layers"].layer.iloc[0])
     layer_lv = int(cross["layers"].layer.iloc[0])
 
+    common = []  # LLM-VLM xPatch at the VLM-VLM layer, on the same test queries
+    for t in tasks:
+        qs = zero_shot(task_pairs(t, "test", "image", s.n_test), s.template)
+        preds = taskvec.patch_predict(vlm, lv[t.name], qs, layer_vv, batch_size=s.batch_size, allow_transfer=True,
+                                      progress=False)
+        c = score(qs, preds, s)
+        low, high = wilson_interval(sum(c), len(c))
+        common.append(dict(task=t.name, method=f"LLM-VLM xPatch @ L{layer_vv}", accuracy=sum(c) / len(c), n=len(c),
+                           ci_low=low, ci_high=high, layer=layer_vv))
+    common = pd.DataFrame(common)
     rows = {"VLM-VLM xPatch": own["summary"].query("method == 'xPatch'").set_index("task").accuracy,
-            "LLM-VLM xPatch": cross["summary"].query("method == 'xPatch'").set_index("task").accuracy}
+            "LLM-VLM xPatch": cross["summary"].query("method == 'xPatch'").set_index("task").accuracy,
+            f"LLM-VLM xPatch @ VLM-VLM layer {layer_vv}": common.set_index("task").accuracy}
     table7 = pd.DataFrame(rows).T
+    intervals = pd.concat([own["summary"].query("method == 'xPatch'").assign(method=f"VLM-VLM xPatch @ L{layer_vv}"),
+                           cross["summary"].query("method == 'xPatch'").assign(method=f"LLM-VLM xPatch @ L{layer_lv}"),
+                           common], ignore_index=True)[["task", "method", "accuracy", "n", "ci_low", "ci_high"]]
     table7["Avg."] = table7.mean(axis=1)
     mean_cos_at = float(cos.loc[layer_lv].mean())
     table4 = pd.DataFrame({"cosine sim.": [None, mean_cos_at, float(random_cos[layer_lv])],
@@ -54,11 +72,13 @@ def main(argv=None) -> None:
     write_table(table4, "table4_llm_to_vlm.csv")
     print("\nTable 7 (per task)")
     write_table(table7, "table7_llm_to_vlm_per_task.csv")
+    write_table(intervals, "table7_llm_to_vlm_intervals.csv", index=False)
     write_table(cos.assign(**{"random pairs": random_cos}), "table4_cosine_per_layer.csv")
     write_json("table4_llm_to_vlm.json", {"llm": llm.name, "vlm": vlm.name, "layer_vlm_vlm": layer_vv,
                                           "layer_llm_vlm": layer_lv, "mean_cosine_at_layer": mean_cos_at,
                                           "random_pair_cosine_at_layer": float(random_cos[layer_lv]),
-                                          "accuracy": table7["Avg."].to_dict()})
+                                          "accuracy": table7["Avg."].to_dict(),
+                                          "n_test_per_task": intervals.groupby("task").n.first().to_dict()})
     import plotly.graph_objects as go
 
     fig = go.Figure()

@@ -56,6 +56,18 @@ def _real(batch: Batch, i: int) -> torch.Tensor:
 
 ALIGN_SITES = ("mlp", "resid")
 ALIGN_NORMS = ("none", "layer")
+CE_TOKENS = ("answer", "all")
+INITS = ("gate_half", "reference")
+
+
+def init_reference(mimic: MimIC, seed: int = 0) -> None:
+    """The reference's start: ``v ~ 0.001·N(0, 1)``, ``w ~ 0.02·N(0, 1)``, ``b = 0``, so ``μ`` starts
+    near ``exp(−log Z2)`` ≈ 0 and training has to open the gate."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        mimic.shift.copy_(1e-3 * torch.randn(mimic.shift.shape, generator=gen))
+        mimic.gate_w.copy_(0.02 * torch.randn(mimic.gate_w.shape, generator=gen))
+        mimic.gate_b.zero_()
 
 
 def _teacher_targets(model: Model, examples: list[_Example], batch_size: int, progress: bool,
@@ -89,23 +101,35 @@ def _layer_scales(examples: list[_Example]) -> torch.Tensor:
     return (total / n).clamp_min(1e-12)
 
 
+def _lm_labels(batch: Batch) -> torch.Tensor:
+    """``[B, S]`` next-token labels over every real token (the HF LM loss of the reference:
+    ``labels = input_ids``): position t predicts token t + 1 where both are real, else -100."""
+    ids = batch.input_ids
+    mask = batch.inputs.get("attention_mask", torch.ones_like(ids)).bool()
+    labels = torch.full_like(ids, -100)
+    labels[:, :-1] = torch.where(mask[:, 1:] & mask[:, :-1], ids[:, 1:], torch.full_like(ids[:, 1:], -100))
+    return labels
+
+
 def _student_loss(
     mimic: MimIC, model: Model, chunk: list[_Example], ce_weight: float, align_weight: float,
-    site: str = "mlp", scales: torch.Tensor | None = None,
+    site: str = "mlp", scales: torch.Tensor | None = None, ce_tokens: str = "answer",
 ) -> tuple[torch.Tensor, float, float]:
     batch = model.encode([e.student for e in chunk])
     B, S = batch.input_ids.shape
     A = max(len(e.answer) for e in chunk)
-    with model.trace(batch, logits_to_keep=A + 1):
+    keep = A + 1 if ce_tokens == "answer" else S
+    with model.trace(batch, logits_to_keep=keep):
         hs = nnsight.save([])
         mimic.apply(model, hidden=hs, site=site)
         logits = model.nn.output.logits.save()
-    labels = torch.full((B, A + 1), -100, dtype=torch.long)
+    labels = torch.full((B, A + 1), -100, dtype=torch.long) if ce_tokens == "answer" else _lm_labels(batch)
     target = torch.zeros(model.n_layers, B, S, model.d_model)
     tail = torch.zeros(B, S, dtype=torch.bool)
     for i, e in enumerate(chunk):
         a = len(e.answer)
-        labels[i, A - a: A] = torch.tensor(e.answer)
+        if ce_tokens == "answer":
+            labels[i, A - a: A] = torch.tensor(e.answer)
         assert e.target is not None
         n = e.target.shape[1]
         target[:, i, S - n:] = e.target
@@ -162,6 +186,9 @@ def fit_mimic(
     align_weight: float = 1.0,
     align: str = "mlp",
     align_norm: str = "none",
+    ce_tokens: str = "answer",
+    init: str = "gate_half",
+    teacher_draws: int = 1,
     layers: Sequence[int] | None = None,
     seed: int = 0,
     task: str = "custom",
@@ -179,8 +206,16 @@ def fit_mimic(
             feed-forward output, the reference's) or ``"resid"`` (each layer's output).
         align_norm: ``"none"`` (plain MSE, the reference's) or ``"layer"`` (each layer's squared
             error divided by the teacher's mean squared state there: no layer's scale swamps CE).
-        ce_weight, align_weight: the loss is ``ce_weight · CE + align_weight · align`` (paper:
-            0.5 and 1.0).
+        ce_weight: the loss is ``ce_weight · CE + align_weight · align`` (paper: 0.5).
+        align_weight: see ``ce_weight`` (paper: 1.0).
+        ce_tokens: ``"answer"`` (CE on the answer tokens only) or ``"all"`` (the reference's LM
+            loss over every real token of the student's query and answer, with an EOS after the
+            answer in student and teacher alike).
+        init: ``"gate_half"`` (``v = w = 0``, ``b`` = mean ``log Z2``: ``μ`` ≈ 0.5 from the first
+            step) or ``"reference"`` (``v ~ 0.001·N``, ``w ~ 0.02·N``, ``b = 0``: ``μ`` ≈ 0).
+        teacher_draws: teacher contexts per training pair, each with its own ``n_shots``
+            demonstrations; a step meets one of them at random (the reference redraws its 16-32
+            demonstrations every epoch; 1 is one fixed context).
 
     Returns:
         :class:`~taskvec.methods.fit.Fit`: ``intervention`` the :class:`~taskvec.MimIC`,
@@ -198,6 +233,9 @@ def fit_mimic(
     integer("seed", seed)
     one_of("align", align, ALIGN_SITES)
     one_of("align_norm", align_norm, ALIGN_NORMS)
+    one_of("ce_tokens", ce_tokens, CE_TOKENS)
+    one_of("init", init, INITS)
+    teacher_draws = count("teacher_draws", teacher_draws, fix="teacher contexts per pair (1: one fixed context)")
     if model.remote:
         raise TaskvecError(
             f"fit_mimic cannot train on a remote model ({model.name}, remote={model.remote!r}): each step "
@@ -209,20 +247,25 @@ def fit_mimic(
         raise TaskvecError(f"{len(pairs)} pairs cannot give {n_shots}-shot teacher prompts: pass more pairs or lower n_shots")
     rng = random.Random(seed)
     examples = []
+    eos = (model.tokenizer.eos_token or "") if ce_tokens == "all" else ""
     for j, (x, y) in enumerate(pairs):
         others = [p for k, p in enumerate(pairs) if k != j]
-        demos = rng.sample(others, n_shots)
-        examples.append(_Example(_with_answer(icl_prompt([], x, template=template), y),
-                                 _with_answer(icl_prompt(demos, x, template=template), y),
-                                 answer_ids(model, y, template)))
+        for _ in range(teacher_draws):
+            demos = rng.sample(others, n_shots)
+            examples.append(_Example(_with_answer(icl_prompt([], x, template=template), y + eos),
+                                     _with_answer(icl_prompt(demos, x, template=template), y + eos),
+                                     answer_ids(model, y, template)))
     mimic = MimIC.for_model(model, layers)
     mimic.meta = dict(task=task, n_shots=n_shots, steps=steps, batch_size=batch_size, lr=lr, ce_weight=ce_weight,
-                      align_weight=align_weight, align=align, align_norm=align_norm, seed=seed, n_pairs=len(pairs),
-                      template=template.name)
+                      align_weight=align_weight, align=align, align_norm=align_norm, ce_tokens=ce_tokens, init=init,
+                      teacher_draws=teacher_draws, seed=seed, n_pairs=len(pairs), template=template.name)
     start = time.perf_counter()
     _teacher_targets(model, examples, batch_size=16, progress=progress, site=align)
     scales = _layer_scales(examples) if align_norm == "layer" else None
-    init_gates(mimic, model, [icl_prompt([], x, template=template) for x, _ in pairs])
+    if init == "reference":
+        init_reference(mimic, seed)
+    else:
+        init_gates(mimic, model, [icl_prompt([], x, template=template) for x, _ in pairs])
     teacher = time.perf_counter() - start
     opt = torch.optim.AdamW(mimic.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
@@ -238,7 +281,7 @@ def fit_mimic(
                 rng.shuffle(block)
                 order.extend(block)
             chunk = [examples[order.pop()] for _ in range(min(batch_size, len(examples)))]
-            loss, ce, aligned = _student_loss(mimic, model, chunk, ce_weight, align_weight, align, scales)
+            loss, ce, aligned = _student_loss(mimic, model, chunk, ce_weight, align_weight, align, scales, ce_tokens)
             opt.zero_grad()
             loss.backward()
             opt.step()

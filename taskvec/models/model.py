@@ -161,6 +161,13 @@ class Model:
         return next(self.hf.parameters()).device
 
     @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype floating inputs (pixels, image patches) are given in: the input embedding's
+        (float32 where it is not a floating type, e.g. quantized storage)."""
+        weight = getattr(self.hf.get_input_embeddings(), "weight", None)
+        return weight.dtype if weight is not None and weight.dtype.is_floating_point else torch.float32
+
+    @property
     def max_length(self) -> int | None:
         return getattr(self.text_config, "max_position_embeddings", None)
 
@@ -301,7 +308,10 @@ class Model:
             enc = self.processor(text=texts, images=imgs, padding=True, return_tensors="pt")
         else:
             enc = self.tokenizer(texts, padding=True, return_tensors="pt")
-        inputs = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+        # image tensors in the model's dtype: most VLMs cast their pixels themselves, Fuyu's patch
+        # embedding does not (a bf16 model would meet float32 patches)
+        dtype = self.input_dtype
+        inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in enc.items() if isinstance(v, torch.Tensor)}
         limit = self.max_length
         if limit and inputs["input_ids"].shape[1] > limit:
             raise TaskvecError(
