@@ -31,6 +31,7 @@ from .methods.tsne import TSNEResult, tsne
 from .methods.vectors import TaskVector, ensemble, extract_icl, extract_instruction
 from .models.architectures import ARCHITECTURES, Architecture
 from .models.loading import DEFAULT_MODEL, EMBEDDED, list_models, load
+from .models.each_batch import BatchSizeWarning
 from .models.model import Batch, Model
 from .sites.collect import Activations, collect, head_activations, read_residuals
 from .sites.heads import read_heads, write_heads
@@ -43,6 +44,7 @@ __all__ = [
     "Architecture",
     "ARCHITECTURES",
     "Batch",
+    "BatchSizeWarning",
     "best_layer",
     "chat_template",
     "decode",
