@@ -101,7 +101,9 @@ class PhaseResult:
     """Per-layer summed probability of token categories, averaged over prompts.
 
     Attributes:
-        df: columns ``layer, category, mean, std, sem, n_prompts``.
+        df: columns ``layer, category, mean, std, sem, q25, q75, ci_low, ci_high, n_prompts``
+            (``q25``/``q75``: the interquartile range over prompts; ``ci_low``/``ci_high``: a 95%
+            normal interval of the mean, clipped to [0, 1]).
         per_prompt: ``[n_prompts, n_layers, n_categories]`` summed probabilities.
     """
 
@@ -110,8 +112,9 @@ class PhaseResult:
     categories: dict[str, list[int]]
     title: str = "Logit lens phases"
 
-    def figure(self) -> Any:
-        """Line plot of each category's probability per layer with a ±1 std band (paper Fig. 3)."""
+    def figure(self, height: int = 450) -> Any:
+        """Line plot of each category's mean probability per layer with its interquartile band
+        over prompts (paper Fig. 3); the band stays inside [0, 1], unlike mean ± std."""
         import plotly.graph_objects as go
 
         fig = go.Figure()
@@ -120,11 +123,12 @@ class PhaseResult:
             color = palette[i % len(palette)]
             fig.add_trace(go.Scatter(
                 x=list(sub.layer) + list(sub.layer[::-1]),
-                y=list(sub["mean"] + sub["std"]) + list((sub["mean"] - sub["std"]).clip(lower=0)[::-1]),
+                y=list(sub["q75"]) + list(sub["q25"][::-1]),
                 fill="toself", fillcolor=color, opacity=0.15, line=dict(width=0), showlegend=False, hoverinfo="skip",
             ))
             fig.add_trace(go.Scatter(x=sub.layer, y=sub["mean"], name=cat, mode="lines+markers", line=dict(color=color)))
-        fig.update_layout(title=self.title, xaxis_title="layer", yaxis_title="probability", template="plotly_white")
+        fig.update_layout(title=self.title, xaxis_title="layer", yaxis_title="probability (band: quartiles over prompts)",
+                          template="plotly_white", height=height, yaxis_range=[0, 1])
         return fig
 
     def _repr_html_(self) -> str:
@@ -258,8 +262,10 @@ class LensResult:
             for c, name in enumerate(ids):
                 vals = per[:, j, c]
                 std = float(vals.std(unbiased=True)) if n > 1 else 0.0
-                rows.append(dict(layer=layer, category=name, mean=float(vals.mean()), std=std,
-                                 sem=std / n ** 0.5, n_prompts=n))
+                mean, sem = float(vals.mean()), std / n ** 0.5
+                q25, q75 = (float(q) for q in torch.quantile(vals.double(), torch.tensor([0.25, 0.75], dtype=torch.float64)))
+                rows.append(dict(layer=layer, category=name, mean=mean, std=std, sem=sem, q25=q25, q75=q75,
+                                 ci_low=max(0.0, mean - 1.96 * sem), ci_high=min(1.0, mean + 1.96 * sem), n_prompts=n))
         return PhaseResult(df=pd.DataFrame(rows), per_prompt=per, categories=ids, title=title or "Logit lens phases")
 
     # --- figures -------------------------------------------------------------------------------
