@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..inputs.metric import accuracy
+from ..inputs.metric import accuracy, wilson_interval
 from ..inputs.prompts import sample_icl_prompts, zero_shot
 from ..interventions.run import predict
 from ..methods.lens import lens
@@ -48,14 +48,25 @@ def text_icl_section(model: Any, task: Any, *, n_queries: int, n_shots: int, see
                      accuracy(predict(model, few, progress=progress), labels)],
     })
     result = lens(model, few[:20], progress=progress)
-    phases = result.phases(task.phase_categories(), title=f"{task.name}: {n_shots}-shot text ICL ({model.name})")
+    phases = result.phases(result.phase_categories(task), title=f"{task.name}: {n_shots}-shot text ICL ({model.name})")
     return table, phases
 
 
-def cross_modal_section(vlm: Any, task: Any, s: Setting, *, progress: bool) -> tuple[pd.DataFrame, int]:
-    """Text ICL xPatch vs xBase vs No Context on image queries (layer chosen on validation)."""
-    res = transfer_experiment(vlm, [task], [("text", "image")], s, progress=progress)
-    table = wide_table(res["summary"]).drop(columns="Avg.")
+def cross_modal_section(vlm: Any, tasks: Any, s: Setting, *, progress: bool) -> tuple[pd.DataFrame, int]:
+    """Text ICL xPatch vs xBase vs No Context on image queries over ``tasks`` (one layer chosen on
+    validation for all), averaged over the tasks: accuracy, the queries behind it and a 95%
+    Wilson interval over them, plus one column per task."""
+    if not isinstance(tasks, (list, tuple)):
+        tasks = [tasks]
+    res = transfer_experiment(vlm, list(tasks), [("text", "image")], s, progress=progress)
+    summary = res["summary"]
+    rows = []
+    for (method, spec, query), sub in summary.groupby(["method", "spec", "query"], sort=False):
+        correct, n = int((sub.accuracy * sub.n).round().sum()), int(sub.n.sum())
+        low, high = wilson_interval(correct, n)
+        name = f"{spec} ICL {method} ({query} query)" if spec != "-" else f"No Context ({query} query)"
+        rows.append(dict(setting=name, accuracy=float(sub.accuracy.mean()), n=n, ci_low=low, ci_high=high))
+    table = pd.DataFrame(rows).set_index("setting").join(wide_table(summary).drop(columns="Avg."))
     return table, int(res["layers"].layer.iloc[0])
 
 
@@ -75,11 +86,15 @@ def _cosine_figure(cos: pd.Series, llm: str, vlm: str) -> Any:
 
 
 def _bar_figure(table: pd.DataFrame, title: str) -> Any:
+    """Mean accuracy per setting with its 95% interval, at a fixed height."""
     import plotly.graph_objects as go
 
-    col = table.columns[0]
-    fig = go.Figure(go.Bar(x=list(table.index), y=list(table[col])))
-    fig.update_layout(title=title, yaxis_title="accuracy", yaxis_range=[0, 1], template="plotly_white")
+    err = dict(type="data", symmetric=False, array=list(table.ci_high - table.accuracy),
+               arrayminus=list(table.accuracy - table.ci_low))
+    fig = go.Figure(go.Bar(x=list(table.index), y=list(table.accuracy), error_y=err,
+                           text=[f"n={n}" for n in table.n], textposition="outside"))
+    fig.update_layout(title=title, yaxis_title="accuracy (95% interval)", yaxis_range=[0, 1], template="plotly_white",
+                      height=450)
     return fig
 
 
@@ -124,7 +139,8 @@ def _load_vlm(name: str) -> Any:
 
 def run_demo(model_name: str = DEFAULT_MODEL, task_name: str = "country-capital", *, vlm_name: str | None = DEFAULT_VLM,
              n_queries: int = 40, n_val: int = 20, n_shots: int = 5, seed: int = 0,
-             out: str | Path = "taskvec-demo.html", progress: bool = True) -> dict[str, Any]:
+             out: str | Path = "taskvec-demo.html", cross_tasks: list[str] | None = None,
+             progress: bool = True) -> dict[str, Any]:
     """Run the demo, print its tables and write the HTML report.
 
     Args:
@@ -132,6 +148,8 @@ def run_demo(model_name: str = DEFAULT_MODEL, task_name: str = "country-capital"
         task_name: a built-in task with images (one of the paper's six).
         vlm_name: the VLM built on the LLM (default the embedded one); ``None`` skips the VLM parts.
         n_queries: test queries per setting; n_val: validation queries for the layer search.
+        cross_tasks: tasks of the cross-modal part (default: the paper's six), averaged with n
+            and a 95% interval.
         out: path of the HTML report.
 
     Returns:
@@ -141,7 +159,7 @@ def run_demo(model_name: str = DEFAULT_MODEL, task_name: str = "country-capital"
     Example:
         >>> run_demo(n_queries=10, out="demo.html")     # doctest: +SKIP
     """
-    from ..tasks import get_task
+    from ..tasks import PAPER_TASKS, get_task
 
     t0 = time.time()
     task = get_task(task_name)
@@ -160,16 +178,17 @@ def run_demo(model_name: str = DEFAULT_MODEL, task_name: str = "country-capital"
     vlm = _load_vlm(vlm_name) if vlm_name else None
     if vlm is not None:
         s = Setting(n_shots=n_shots, seeds=(seed,), seed=seed, n_val=n_val, n_test=n_queries)
-        cross, layer = cross_modal_section(vlm, task, s, progress=progress)
-        print(f"\n{vlm}\n2. text examples -> image queries ({task.name}), layer {layer} chosen on "
-              f"{n_val} validation queries")
+        cross_tasks = [get_task(name) for name in (cross_tasks or PAPER_TASKS)]
+        cross, layer = cross_modal_section(vlm, cross_tasks, s, progress=progress)
+        print(f"\n{vlm}\n2. text examples -> image queries, averaged over {len(cross_tasks)} tasks (n: queries, "
+              f"95% interval), layer {layer} chosen on {n_val} validation queries per task")
         print(cross.to_string(float_format=_fmt))
         cos = llm_vlm_cosine(llm, vlm, task, s)
         print(f"\n3. LLM -> VLM: cosine of the text-ICL task vectors of {llm.name} and {vlm.name} per layer")
         print(cos.to_frame().T.to_string(float_format=_fmt))
         sections += [
             (f"Cross-modal transfer: text examples, image queries ({vlm.name}, layer {layer})", cross,
-             _bar_figure(cross, f"{task.name}: image queries")),
+             _bar_figure(cross, f"image queries, mean over {len(cross_tasks)} tasks")),
             ("LLM → VLM task-vector cosine per layer", cos, _cosine_figure(cos, llm.name, vlm.name)),
         ]
         out_dict.update(cross_modal=cross, layer=layer, cosine=cos)
