@@ -49,7 +49,19 @@ def batch_logits(
             rows, pos = at if at is not None else where(model, batch, intervention)
             intervention.apply(model, rows, pos)
         logits = model.nn.output.logits[:, -1].save()
-    return logits.float().cpu()
+    logits = logits.float().cpu()
+    if not torch.isfinite(logits).all():
+        raise TaskvecError(non_finite(model, "next-token logits"))
+    return logits
+
+
+def non_finite(model: Model, what: str) -> str:
+    """The error for NaN or inf coming out of the model itself (float16 overflow, most often)."""
+    dtype = next(model.hf.parameters()).dtype
+    half = (f"{model.name} runs in {dtype}: its activations overflow float16's range (65504); load it with "
+            "dtype=torch.bfloat16 or torch.float32") if dtype == torch.float16 else \
+        "check the weights (a NaN in them) and any intervention written into this forward"
+    return f"the model's {what} hold NaN or inf: {half}"
 
 
 def decode_first(model: Model, logits: torch.Tensor) -> list[str]:

@@ -17,6 +17,7 @@ import torch
 from ..checks import count, integer, one_of
 from ..errors import TaskvecError
 from ..inputs.prompts import Prompt, prompt_list
+from ..interventions.run import non_finite
 from ..models.model import Model
 from ..sites.collect import collect
 
@@ -373,6 +374,8 @@ def lens(
     batch_size = count("batch_size", batch_size)
     chosen = model.check_layers(layers)
     hidden = residuals_at(model, prompts, position=position, layers=chosen, batch_size=batch_size, progress=progress)
+    if not torch.isfinite(hidden).all():
+        raise TaskvecError(non_finite(model, "residuals at the decoded position"))
     df = _topk_table(model, hidden, chosen, top_k, chunk=batch_size)
     return LensResult(model=model, hidden=hidden, layers=chosen, df=df, prompts=prompts, top_k=top_k)
 

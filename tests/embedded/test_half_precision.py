@@ -16,12 +16,13 @@ zero-shot top-two leads are under 0.25 logit, and it agreed on 87-90% (with batc
 float16 is an expected limitation, asserted as observed: Gemma-3's residual stream grows to
 ~3e4 in float32 at the query's delimiter and further at the first positions, past float16's
 largest value (65504): some residuals are inf by layer 7 and every position is NaN from layer 8
-on. The extraction refuses the vector with a clear error, but ``predict`` and ``lens`` decode the
-NaN logits into tokens (``'<pad>'``, ``'<unk>'``) without a word. Load Gemma in bfloat16 or float32.
+on. Every operation refuses with an error that names the overflow and the fix (load Gemma in
+bfloat16 or float32); before, ``predict`` and ``lens`` decoded the NaN logits into ``'<pad>'`` and
+``'<unk>'`` without a word.
 
-The half models get a forward pre-hook that makes the unembedding's input contiguous: with
-``logits_to_keep=1`` transformers passes it the strided slice ``hidden[:, -1:]``, on which torch's
-CPU bfloat16/float16 matmul takes ~40 s for 8 rows of Gemma's 262k-token unembedding (~0.1 s
+``taskvec.load`` gives every model's unembedding a contiguous input: with ``logits_to_keep=1``
+transformers passes it the strided slice ``hidden[:, -1:]``, on which torch's CPU
+bfloat16/float16 matmul takes ~40 s for 8 rows of Gemma's 262k-token unembedding (~0.1 s
 contiguous); without it this file would take ~15 minutes.
 """
 
@@ -41,17 +42,9 @@ VECTOR_PAIRS, SWEEP_PAIRS = VAL[:12], VAL[12:24]
 NEAR_TIE = 0.25
 
 
-def _contiguous_unembedding(model: taskvec.Model) -> taskvec.Model:
-    def contiguous(module, args):
-        return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
-
-    model.hf.lm_head.register_forward_pre_hook(contiguous)
-    return model
-
-
 @pytest.fixture(scope="module")
 def bf16() -> taskvec.Model:
-    return _contiguous_unembedding(taskvec.load("gemma-3-270m", dtype=torch.bfloat16))
+    return taskvec.load("gemma-3-270m", dtype=torch.bfloat16)
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +102,20 @@ def test_bf16_lens_top1_at_the_last_layer_agrees(gemma, bf16):
                  torch.tensor((top[0] - top[1]).values))
 
 
-def test_fp16_overflows_gemma_and_only_the_extraction_says_so():
-    """Expected limitation, asserted as observed (see the module docstring): the float16 logits
-    are NaN for every prompt; predict and the lens decode them silently; extract_icl refuses."""
-    fp16 = _contiguous_unembedding(taskvec.load("gemma-3-270m", dtype=torch.float16))
+def test_fp16_overflows_gemma_and_every_operation_says_so():
+    """Expected limitation (see the module docstring): the float16 residuals are NaN from layer 8
+    on; predict, the logits, the lens and the extraction each refuse, naming float16 and the fix."""
+    fp16 = taskvec.load("gemma-3-270m", dtype=torch.float16)
     prompts = ICL[:2]
-    assert torch.isnan(taskvec.first_token_logits(fp16, prompts, progress=False)).any(dim=-1).all()
     _, rows = taskvec.read_residuals(fp16, prompts, at="last", keep=True, progress=False)
     finite = torch.isfinite(rows).all(dim=-1)  # [prompt, layer]
     assert finite[:, :8].all() and not finite[:, 8:].any()  # fine up to layer 7, NaN from layer 8 on
-    assert set(taskvec.predict(fp16, prompts, progress=False)) == {"<pad>"}  # argmax of NaN logits: id 0
-    lens = taskvec.lens(fp16, prompts, layers=[fp16.n_layers - 1], top_k=1, progress=False)
-    assert lens.top1().probability.isna().all()
+    fix = "overflow float16.*dtype=torch.bfloat16"
+    with pytest.raises(taskvec.TaskvecError, match=fix):
+        taskvec.predict(fp16, prompts, progress=False)
+    with pytest.raises(taskvec.TaskvecError, match=fix):
+        taskvec.first_token_logits(fp16, prompts, progress=False)
+    with pytest.raises(taskvec.TaskvecError, match=fix):
+        taskvec.lens(fp16, prompts, layers=[fp16.n_layers - 1], top_k=1, progress=False)
     with pytest.raises(taskvec.TaskvecError, match="holds NaN or inf"):
         taskvec.extract_icl(fp16, VAL[:3], n_shots=2, progress=False)

@@ -21,7 +21,15 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> taskvec.Model:
-    """A tiny random Llama, one per test module (a module that needs another ``tiny`` defines its own)."""
+def tiny_dir(tmp_path_factory):
+    """The folder of a tiny random Llama (seed 0), one per test module: load it again in another
+    dtype or with a ``device_map`` to compare with ``tiny``."""
     torch.manual_seed(0)
-    return taskvec.load(str(build_tiny("llama", tmp_path_factory.mktemp("llama"))))
+    return build_tiny("llama", tmp_path_factory.mktemp("llama"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir) -> taskvec.Model:
+    """A tiny random Llama loaded in float32, one per test module (a module that needs another
+    ``tiny`` defines its own)."""
+    return taskvec.load(str(tiny_dir))

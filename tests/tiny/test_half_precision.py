@@ -33,7 +33,6 @@ import pytest
 import torch
 
 import taskvec
-from taskvec.models.tiny import build_tiny
 from taskvec.sites.positions import resolve
 from taskvec.sites.residual import read_resid
 
@@ -51,13 +50,13 @@ MIMIC = dict(n_shots=2, steps=2, batch_size=4, progress=False)
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return build_tiny("llama", tmp_path_factory.mktemp("llama-half"), seed=0)
+def folder(tiny_dir):
+    return tiny_dir
 
 
 @pytest.fixture(scope="module")
-def fp32(folder) -> taskvec.Model:
-    return taskvec.load(str(folder))
+def fp32(tiny) -> taskvec.Model:
+    return tiny
 
 
 @pytest.fixture(scope="module", params=["bfloat16", "float16"])

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 import taskvec
-from taskvec.models.tiny import build_tiny
 
 TASK = taskvec.get_task("country-capital")
 VAL = TASK.pairs("val")
@@ -33,13 +32,13 @@ ON_DISK = [name for name, where in MAP.items() if where == "disk"]
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return build_tiny("llama", tmp_path_factory.mktemp("llama-offload"), seed=0)
+def folder(tiny_dir):
+    return tiny_dir
 
 
 @pytest.fixture(scope="module")
-def plain(folder) -> taskvec.Model:
-    return taskvec.load(str(folder))
+def plain(tiny) -> taskvec.Model:
+    return tiny
 
 
 @pytest.fixture(scope="module")
