@@ -4,7 +4,6 @@ model's own early decoding of the delimiter, and STV's relative delta is not a l
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 import taskvec
