@@ -42,10 +42,12 @@ class Deltas:
     alone: torch.Tensor | None = field(default=None, repr=False)
 
     def reduced(self, reduce: str) -> "Deltas":
-        """The same pairs reduced another way (``"mean_norm"`` or ``"norm_mean"``), no new forwards."""
+        """The same pairs reduced another way (``"mean_norm"``, ``"relative"`` or ``"norm_mean"``),
+        no new forwards."""
         if self.context is None or self.alone is None:
             raise TaskvecError("these deltas kept no activations: compute them with keep_context=True")
-        return Deltas(_reduce(self.context - self.alone, reduce), self.context, self.model_name,
+        one_of("reduce", reduce, REDUCES)
+        return Deltas(_reduce(self.context - self.alone, reduce, self.alone), self.context, self.model_name,
                       {**self.meta, "reduce": reduce}, self.alone)
 
     def __repr__(self) -> str:

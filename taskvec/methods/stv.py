@@ -1,8 +1,9 @@
 """STV, Sensitivity-aware Task Vectors (Ma, Gou et al. 2025), as we read the paper (docs/design.md §4).
 
 - **Where**: the *activation delta* of head (l, h) is ``‖A(context + query) − A(query)‖₂`` at
-  the query's last token, averaged over query/context pairs (:func:`activation_deltas`); the
-  top-K heads by mean delta are the insertion sites. :func:`delta_heatmap` draws the
+  the query's last token, averaged over query/context pairs (:func:`activation_deltas`), here by
+  default relative to ``‖A(query)‖₂`` (``reduce="relative"``; the paper's literal mean of norms is
+  ``reduce="mean_norm"``); the top-K heads by mean delta are the insertion sites. :func:`delta_heatmap` draws the
   ``[layers, heads]`` deltas.
 - **What**: per selected head, k-means (M clusters) over its with-context activations gives a
   bank of candidate vectors (:func:`cluster_bank`); a categorical policy per head over its
@@ -129,7 +130,7 @@ def fit_stv(
     steps: int = 200,
     n_samples: int = 32,
     lr: float = 0.1,
-    reduce: str = "mean_norm",
+    reduce: str = "relative",
     seed: int = 0,
     task: str = "custom",
     template: Template = GENERIC,
@@ -137,6 +138,13 @@ def fit_stv(
     progress: bool = True,
 ) -> Fit:
     """Deltas, top-K heads, cluster bank, REINFORCE over clusters, argmax insertion.
+
+    Args:
+        reduce: how heads are ranked (:func:`~taskvec.methods.deltas.activation_deltas`):
+            ``"relative"`` (default) measures each head's context delta against its own output
+            scale; ``"mean_norm"`` is the paper's literal formula, which on Gemma-3 ranks the four
+            layer-0 heads first for every task (their outputs are large whatever the input) and
+            fell to zero-shot's level (docs/deviations.md).
 
     Returns:
         :class:`~taskvec.methods.fit.Fit`; ``timings`` has ``location_search`` (the deltas),
