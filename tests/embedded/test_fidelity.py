@@ -72,3 +72,4 @@ def test_stv_relative_delta_does_not_rank_by_output_scale(gemma, capitals):
     assert rel_top[0].sum() < raw_top[0].sum()
     ratio = (d.context - d.alone).norm(dim=-1) / d.alone.norm(dim=-1).clamp_min(1e-6)
     assert torch.allclose(rel.delta, ratio.mean(0).float(), atol=1e-5)
+    assert torch.allclose(d.reduced("relative").delta, rel.delta, atol=1e-5)  # same pairs, no new forwards
