@@ -64,9 +64,14 @@ def non_finite(model: Model, what: str) -> str:
     return f"the model's {what} hold NaN or inf: {half}"
 
 
+def decode_ids(model: Model, ids: Any) -> list[str]:
+    """Each token id of ``ids`` (``[n]``) decoded on its own: the paper's first-token predictions."""
+    return [model.tokenizer.decode([int(i)]) for i in ids]
+
+
 def decode_first(model: Model, logits: torch.Tensor) -> list[str]:
     """The greedy token of each row of ``[n, vocab]`` logits, decoded."""
-    return [model.tokenizer.decode([int(i)]) for i in logits.argmax(dim=-1)]
+    return decode_ids(model, logits.argmax(dim=-1))
 
 
 def _checked(model: Model, intervention: Intervention | None) -> None:
@@ -124,7 +129,7 @@ def predict(
     out = each_batch(model, prompts, batch_size,
                      lambda batch: batch_logits(model, batch, intervention).argmax(dim=-1),
                      desc=desc, progress=progress)
-    return [model.tokenizer.decode([int(i)]) for _, ids in out for i in ids]
+    return [pred for _, ids in out for pred in decode_ids(model, ids)]
 
 
 def generate(

@@ -25,7 +25,7 @@ from ..errors import TaskvecError
 from ..inputs.metric import is_correct
 from ..inputs.prompts import Prompt, prompt_list
 from ..interventions.residual import ResidualPatch
-from ..interventions.run import batch_logits, generate, predict
+from ..interventions.run import batch_logits, decode_ids, generate, predict
 from ..models.each_batch import each_batch
 from ..models.model import Batch, Model
 from ..sites.positions import resolve
@@ -205,8 +205,7 @@ def layer_sweep(
     offset = 0
     for chunk, ids in each_batch(model, queries, batch_size, step, desc="layer sweep", progress=progress):
         for layer, row in zip(chosen, ids):
-            for i, (q, token) in enumerate(zip(chunk, row)):
-                pred = model.tokenizer.decode([int(token)])
+            for i, (q, pred) in enumerate(zip(chunk, decode_ids(model, row))):
                 records.append(dict(layer=layer, query=offset + i, prediction=pred, label=q.label,
                                     correct=is_correct(pred, q.label or "", case_sensitive=case_sensitive)))
         offset += len(chunk)

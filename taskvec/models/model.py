@@ -33,26 +33,27 @@ def module_placement(module: Any) -> tuple[torch.device, torch.dtype]:
     return torch.device(device) if not isinstance(device, torch.device) else device, dtype
 
 
+def _chunk_logits(model: "Model", hidden: torch.Tensor, chunk: int) -> Any:
+    """Float32 full-vocabulary logits of ``chunk`` rows of ``hidden`` at a time (no grad)."""
+    with torch.no_grad():
+        for start in range(0, hidden.shape[0], chunk):
+            yield model.unembed(hidden[start : start + chunk]).float()
+
+
 def _top_tokens(model: "Model", hidden: torch.Tensor, top_k: int,
                 chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     values, ids, lse = [], [], []
-    with torch.no_grad():
-        for start in range(0, hidden.shape[0], chunk):
-            logits = model.unembed(hidden[start : start + chunk]).float()
-            v, i = logits.topk(top_k, dim=-1)
-            values.append(v.cpu())
-            ids.append(i.cpu())
-            lse.append(torch.logsumexp(logits, dim=-1).cpu())
+    for logits in _chunk_logits(model, hidden, chunk):
+        v, i = logits.topk(top_k, dim=-1)
+        values.append(v.cpu())
+        ids.append(i.cpu())
+        lse.append(torch.logsumexp(logits, dim=-1).cpu())
     return torch.cat(values), torch.cat(ids), torch.cat(lse)
 
 
 def _token_probs(model: "Model", hidden: torch.Tensor, ids: torch.Tensor, chunk: int) -> torch.Tensor:
-    out = []
-    with torch.no_grad():
-        for start in range(0, hidden.shape[0], chunk):
-            logits = model.unembed(hidden[start : start + chunk]).float()
-            out.append(torch.softmax(logits, dim=-1)[:, ids.to(logits.device)].cpu())
-    return torch.cat(out)
+    return torch.cat([torch.softmax(logits, dim=-1)[:, ids.to(logits.device)].cpu()
+                      for logits in _chunk_logits(model, hidden, chunk)])
 
 
 @dataclass

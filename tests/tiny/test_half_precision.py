@@ -49,19 +49,9 @@ STV = dict(n_pairs=4, n_shots=2, top_k=3, n_clusters=2, steps=2, n_samples=4, pr
 MIMIC = dict(n_shots=2, steps=2, batch_size=4, progress=False)
 
 
-@pytest.fixture(scope="module")
-def folder(tiny_dir):
-    return tiny_dir
-
-
-@pytest.fixture(scope="module")
-def fp32(tiny) -> taskvec.Model:
-    return tiny
-
-
 @pytest.fixture(scope="module", params=["bfloat16", "float16"])
-def half(request, folder) -> taskvec.Model:
-    return taskvec.load(str(folder), dtype=getattr(torch, request.param))
+def half(request, tiny_dir) -> taskvec.Model:
+    return taskvec.load(str(tiny_dir), dtype=getattr(torch, request.param))
 
 
 class Reference:
@@ -77,8 +67,8 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def ref(fp32) -> Reference:
-    return Reference(fp32)
+def ref(tiny) -> Reference:
+    return Reference(tiny)
 
 
 def dtype_of(model: taskvec.Model) -> str:
@@ -100,8 +90,8 @@ def assert_cpu_float32(name: str, t: torch.Tensor) -> None:
     assert torch.isfinite(t).all(), f"{name} holds NaN or inf"
 
 
-def test_the_models_are_loaded_in_the_asked_dtype(fp32, half):
-    assert fp32.hf.dtype == torch.float32
+def test_the_models_are_loaded_in_the_asked_dtype(tiny, half):
+    assert tiny.hf.dtype == torch.float32
     assert half.hf.dtype in (torch.bfloat16, torch.float16)
     assert {p.dtype for p in half.hf.parameters()} == {half.hf.dtype}
 

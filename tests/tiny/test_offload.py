@@ -32,18 +32,8 @@ ON_DISK = [name for name, where in MAP.items() if where == "disk"]
 
 
 @pytest.fixture(scope="module")
-def folder(tiny_dir):
-    return tiny_dir
-
-
-@pytest.fixture(scope="module")
-def plain(tiny) -> taskvec.Model:
-    return tiny
-
-
-@pytest.fixture(scope="module")
-def offloaded(folder, tmp_path_factory) -> taskvec.Model:
-    return taskvec.load(str(folder), device_map=MAP, offload_folder=str(tmp_path_factory.mktemp("offload")))
+def offloaded(tiny_dir, tmp_path_factory) -> taskvec.Model:
+    return taskvec.load(str(tiny_dir), device_map=MAP, offload_folder=str(tmp_path_factory.mktemp("offload")))
 
 
 def _assert_offloaded(model: taskvec.Model) -> None:
@@ -65,8 +55,8 @@ def test_accelerate_really_offloads_the_disk_modules(offloaded):
     _assert_offloaded(offloaded)  # the weights went back to the meta device after the forward
 
 
-def test_lens_is_the_same(plain, offloaded):
-    want = taskvec.lens(plain, ICL, top_k=3, progress=False)
+def test_lens_is_the_same(tiny, offloaded):
+    want = taskvec.lens(tiny, ICL, top_k=3, progress=False)
     got = taskvec.lens(offloaded, ICL, top_k=3, progress=False)
     torch.testing.assert_close(got.hidden, want.hidden, atol=1e-5, rtol=0)
     assert got.df[["prompt", "layer", "rank", "token_id"]].equals(want.df[["prompt", "layer", "rank", "token_id"]])
@@ -76,49 +66,49 @@ def test_lens_is_the_same(plain, offloaded):
     torch.testing.assert_close(got.phases(categories).per_prompt, want.phases(categories).per_prompt, atol=1e-5, rtol=0)
 
 
-def test_extraction_patching_and_the_layer_sweep_are_the_same(plain, offloaded):
-    want = taskvec.extract_icl(plain, VAL, n_shots=2, progress=False)
+def test_extraction_patching_and_the_layer_sweep_are_the_same(tiny, offloaded):
+    want = taskvec.extract_icl(tiny, VAL, n_shots=2, progress=False)
     got = taskvec.extract_icl(offloaded, VAL, n_shots=2, progress=False)
     assert got.vectors.device.type == "cpu"
     torch.testing.assert_close(got.vectors, want.vectors, atol=1e-5, rtol=0)
     assert taskvec.patch_predict(offloaded, got, QUERIES, LAYER, progress=False) == \
-        taskvec.patch_predict(plain, want, QUERIES, LAYER, progress=False)
+        taskvec.patch_predict(tiny, want, QUERIES, LAYER, progress=False)
     sweep = taskvec.layer_sweep(offloaded, got, QUERIES, progress=False)
-    assert sweep.equals(taskvec.layer_sweep(plain, want, QUERIES, progress=False))
+    assert sweep.equals(taskvec.layer_sweep(tiny, want, QUERIES, progress=False))
     assert taskvec.patch_generate(offloaded, got, QUERIES[:6], LAYER, max_new_tokens=3) == \
-        taskvec.patch_generate(plain, want, QUERIES[:6], LAYER, max_new_tokens=3)
+        taskvec.patch_generate(tiny, want, QUERIES[:6], LAYER, max_new_tokens=3)
 
 
-def test_fit_mtv_and_its_inference_are_the_same(plain, offloaded):
+def test_fit_mtv_and_its_inference_are_the_same(tiny, offloaded):
     settings = dict(n_trials=4, n_shots=2, steps=2, n_masks=4, n_candidates=2, progress=False)
-    want = taskvec.fit_mtv(plain, FIT_PAIRS, **settings)
+    want = taskvec.fit_mtv(tiny, FIT_PAIRS, **settings)
     got = taskvec.fit_mtv(offloaded, FIT_PAIRS, **settings)
     assert torch.equal(got.intervention.mask, want.intervention.mask)
     torch.testing.assert_close(got.intervention.values, want.intervention.values, atol=1e-5, rtol=0)
     assert taskvec.predict(offloaded, QUERIES, intervention=got.intervention, progress=False) == \
-        taskvec.predict(plain, QUERIES, intervention=want.intervention, progress=False)
+        taskvec.predict(tiny, QUERIES, intervention=want.intervention, progress=False)
 
 
-def test_fit_mimic_and_its_inference_are_the_same(plain, offloaded):
+def test_fit_mimic_and_its_inference_are_the_same(tiny, offloaded):
     settings = dict(n_shots=2, steps=2, batch_size=4, progress=False)
-    want = taskvec.fit_mimic(plain, FIT_PAIRS, **settings)
+    want = taskvec.fit_mimic(tiny, FIT_PAIRS, **settings)
     got = taskvec.fit_mimic(offloaded, FIT_PAIRS, **settings)
     for (name, p), (_, q) in zip(got.intervention.named_parameters(), want.intervention.named_parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), atol=1e-5, rtol=0, msg=name)
     torch.testing.assert_close(torch.tensor(got.history.loss.values), torch.tensor(want.history.loss.values),
                                atol=1e-5, rtol=0)
     assert taskvec.predict(offloaded, QUERIES, intervention=got.intervention, progress=False) == \
-        taskvec.predict(plain, QUERIES, intervention=want.intervention, progress=False)
+        taskvec.predict(tiny, QUERIES, intervention=want.intervention, progress=False)
     assert taskvec.generate(offloaded, QUERIES[:6], intervention=got.intervention, max_new_tokens=3) == \
-        taskvec.generate(plain, QUERIES[:6], intervention=want.intervention, max_new_tokens=3)
+        taskvec.generate(tiny, QUERIES[:6], intervention=want.intervention, max_new_tokens=3)
     _assert_offloaded(offloaded)  # training left the offloaded weights where accelerate keeps them
 
 
-def test_bfloat16_with_the_same_map_is_the_plain_bfloat16_load(folder, tmp_path):
+def test_bfloat16_with_the_same_map_is_the_plain_bfloat16_load(tiny_dir, tmp_path):
     """Half precision and offload together: the disk weights are cast as they are loaded in the
     hook, so every number is the plain bfloat16 load's, exactly."""
-    half = taskvec.load(str(folder), dtype=torch.bfloat16)
-    spread = taskvec.load(str(folder), dtype=torch.bfloat16, device_map=MAP, offload_folder=str(tmp_path))
+    half = taskvec.load(str(tiny_dir), dtype=torch.bfloat16)
+    spread = taskvec.load(str(tiny_dir), dtype=torch.bfloat16, device_map=MAP, offload_folder=str(tmp_path))
     assert spread.hf.dtype == torch.bfloat16
     _assert_offloaded(spread)
     want, got = taskvec.lens(half, ICL, progress=False), taskvec.lens(spread, ICL, progress=False)
