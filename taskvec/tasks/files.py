@@ -36,8 +36,9 @@ def load_task(
     """Read a task from a JSON file (the built-in schema) or a CSV file.
 
     CSV files have a header with the columns ``input,output[,emoji][,split]``. When the file has no
-    splits, a validation split of ``n_val`` items is drawn with ``random.Random(seed)`` (items with an
-    emoji first, so image demonstrations exist); the rest is the test split.
+    splits, a validation split of ``n_val`` items is drawn with ``random.Random(seed)`` (emoji items
+    first, so image demonstrations exist, but at least 40 kept for image test queries: see
+    :func:`draw_splits`); the rest is the test split.
 
     Args:
         path: a ``.json`` or ``.csv`` file.
@@ -127,10 +128,15 @@ def dumps_task(task: Task) -> str:
     return f"{{\n{head}  \"items\": [\n{lines}\n  ]\n}}\n"
 
 
-def draw_splits(items: Sequence[Item], *, seed: int = 0, n_val: int | None = None) -> list[Item]:
-    """Assign ``val``/``test`` deterministically: shuffle with ``seed``, emoji items first, first ``n_val`` are val.
+def draw_splits(items: Sequence[Item], *, seed: int = 0, n_val: int | None = None,
+                min_image_test: int = 40) -> list[Item]:
+    """Assign ``val``/``test`` deterministically from a shuffle with ``seed``.
 
-    The result is ordered val items, then test items with an emoji, then the text-only test items.
+    Image demonstrations come from validation items with an emoji, image test queries from test
+    items with one, so the emoji items are shared out first: the test split keeps
+    ``min_image_test`` of them (or all but 10 when there are fewer than ``min_image_test`` + 10),
+    validation takes the rest up to ``n_val``, and text-only items fill both splits up. The result
+    is ordered val items, then test items with an emoji, then the text-only test items.
 
     Example:
         >>> its = [Item(str(i), str(i), "") for i in range(10)]
@@ -141,6 +147,7 @@ def draw_splits(items: Sequence[Item], *, seed: int = 0, n_val: int | None = Non
     if n < 2:
         raise TaskvecError(f"a task needs at least 2 items to split into val and test, got {n}")
     seed = integer("seed", seed)
+    min_image_test = integer("min_image_test", min_image_test, low=0)
     if n_val is None:
         n_val = min(DEFAULT_N_VAL, max(1, n // 3))
     n_val = count("n_val", n_val, fix=f"at most {n - 1} for {n} items")
@@ -148,10 +155,21 @@ def draw_splits(items: Sequence[Item], *, seed: int = 0, n_val: int | None = Non
         raise TaskvecError(f"n_val={n_val} must be between 1 and {n - 1} for {n} items")
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    order.sort(key=lambda i: not items[i].has_emoji)  # stable: keeps the shuffle within each group
-    val = [Item(items[i].input, items[i].output, "val", items[i].emoji) for i in order[:n_val]]
-    test = [Item(items[i].input, items[i].output, "test", items[i].emoji) for i in order[n_val:]]
-    return val + test
+    emoji = [i for i in order if items[i].has_emoji]
+    text = [i for i in order if not items[i].has_emoji]
+    image_test = min(min_image_test, max(len(emoji) - 10, (len(emoji) + 1) // 2)) if emoji else 0
+    n_val_emoji = min(n_val, len(emoji) - image_test)
+    n_val_text = n_val - n_val_emoji
+    if n_val_text > len(text):  # too few text-only items: validation takes more emoji items
+        n_val_emoji += n_val_text - len(text)
+        n_val_text = len(text)
+    val_ids = emoji[:n_val_emoji] + text[:n_val_text]
+    test_ids = emoji[n_val_emoji:] + text[n_val_text:]
+
+    def with_split(i: int, split: str) -> Item:
+        return Item(items[i].input, items[i].output, split, items[i].emoji)
+
+    return [with_split(i, "val") for i in val_ids] + [with_split(i, "test") for i in test_ids]
 
 
 # --- reading ---------------------------------------------------------------------------------

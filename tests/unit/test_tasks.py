@@ -38,9 +38,13 @@ def test_schema_and_sizes(name):
     assert t.name == name and t.task_words and t.input_words == (":",)
     assert s["val"] == 30 and s["all"] == s["val"] + s["test"]
     if name in PAPER_TASKS:
-        assert s["test"] == 100
-        assert s["val_emoji"] == 30, "image demonstrations come from val: every val item needs an emoji"
-        assert s["with_emoji"] == (130 if name.startswith("country") else s["with_emoji"]) and s["with_emoji"] >= 35
+        assert s["test"] >= 100
+        # image test sets of at least 40 queries, image demonstrations (val items with an emoji) for
+        # a 5-shot prompt with room to draw from
+        assert s["test_emoji"] >= 40, "every image test set needs at least 40 items"
+        assert s["val_emoji"] >= 10
+        assert s["val_emoji"] == 30 or s["test_emoji"] == 40, "val takes emoji items as long as 40 stay in test"
+        assert s["with_emoji"] == (130 if name.startswith("country") else s["with_emoji"])
     else:
         assert s["all"] >= 100 and s["with_emoji"] == 0
     inputs = [it.input for it in t.items]
@@ -155,7 +159,8 @@ def test_csv_without_split_draws_a_deterministic_split(tmp_path):
     c = load_task(p, seed=4)
     assert a == b and a.items != c.items
     assert a.name == "upper" and a.sizes()["val"] == 13 and a.sizes()["test"] == 27  # a third, at most 30
-    assert all(it.has_emoji for it in a.select("val")[:10])  # emoji items go to val first
+    # 10 emoji items: half go to val first, half stay for image test queries
+    assert a.sizes()["val_emoji"] == 5 and a.sizes()["test_emoji"] == 5
     assert load_task(p, n_val=5).sizes()["val"] == 5
     assert load_task(p, instruction="Upper case:").instruction == "Upper case:"
 
@@ -229,3 +234,19 @@ def test_bad_paths_and_syntax(tmp_path):
     (tmp_path / "t.json").write_text('{"items": [\n  {"input": "a",}\n]}')
     with pytest.raises(taskvec.TaskvecError, match="line 2"):
         load_task(tmp_path / "t.json")
+
+
+@pytest.mark.parametrize("n_emoji,val_emoji,test_emoji", [(130, 30, 100), (70, 30, 40), (57, 17, 40), (37, 10, 27),
+                                                          (8, 4, 4), (0, 0, 0)])
+def test_draw_splits_keeps_image_test_queries(n_emoji, val_emoji, test_emoji):
+    # emoji items first into validation used to leave food-color 7 image test items out of 37: the
+    # test split now keeps 40 of them (all but 10, or half, when there are fewer)
+    from taskvec.tasks import Item, draw_splits
+
+    items = [Item(f"x{i}", "y", "", "🍎" if i < n_emoji else None) for i in range(150)]
+    out = draw_splits(items, seed=3, n_val=30)
+    val = [it for it in out if it.split == "val"]
+    test = [it for it in out if it.split == "test"]
+    assert len(val) == 30 and len(test) == 120 and {it.input for it in out} == {it.input for it in items}
+    assert (sum(it.has_emoji for it in val), sum(it.has_emoji for it in test)) == (val_emoji, test_emoji)
+    assert out == draw_splits(items, seed=3, n_val=30) and out != draw_splits(items, seed=4, n_val=30)
