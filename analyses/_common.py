@@ -89,16 +89,53 @@ def experiment_parser(description: str, *, default_model: str = DEFAULT_VLM) -> 
 
 
 def setting_from(args: "argparse.Namespace", **overrides: Any) -> Any:
-    """The experiment setting: the paper's sizes, or a small one with --quick."""
+    """The experiment setting: the paper's sizes with three seeds run one by one (the reference's
+    protocol: a vector and baselines per seed, accuracies averaged, with their spread), or a small
+    one-seed setting with --quick. Text test queries cover the image test queries' items
+    (``paired``), so tables that set the two side by side compare the same items."""
     import taskvec
 
     if args.quick:
         base = dict(n_val=8, n_test=20, seeds=(args.seed,))
     else:
-        base = dict(n_val=None, n_test=None, seeds=(args.seed, args.seed + 1, args.seed + 2))
-    base.update(seed=args.seed, batch_size=args.batch_size)
+        base = dict(n_val=None, n_test=None, seeds=(args.seed, args.seed + 1, args.seed + 2), per_seed=True)
+    base.update(seed=args.seed, batch_size=args.batch_size, paired=True)
     base.update(overrides)
     return taskvec.Setting(**base)
+
+
+def expected_time(plan: "Any", models: dict, task: Any, s: Any, *, n: int = 16, what: str = "") -> float:
+    """Print (and return, in seconds) how long ``plan`` will take from scratch: ``n`` prompts of
+    each kind in it are timed on their model (``models``: ``{"target": vlm, "source": llm}``), built
+    from ``task`` as the run builds them, and the per-prompt time is multiplied by the plan's
+    counts. ``plan`` has columns ``model, prompt, forwards`` (:func:`taskvec.experiments.
+    cross_modal.transfer_plan`). Stored partial results are not subtracted: a resumed run is
+    faster.
+    """
+    import time as _time
+
+    import taskvec
+    from taskvec.experiments.cross_modal import pairs
+
+    total, parts = 0.0, []
+    for (who, kind), g in plan.groupby(["model", "prompt"], sort=False):
+        model = models[who]
+        form, modality = kind.split("-")
+        test = pairs(task, "test", modality)[:n]
+        prompts = (taskvec.zero_shot(test, s.template) if form == "query" else
+                   taskvec.sample_icl_prompts(pairs(task, "val", modality), test, n_shots=s.n_shots, seed=s.seed,
+                                              template=s.template))
+        taskvec.predict(model, prompts[:2], batch_size=2, progress=False)  # warm-up (allocations, image processor)
+        t = _time.perf_counter()
+        taskvec.predict(model, prompts, batch_size=min(len(prompts), s.batch_size), progress=False)
+        per = (_time.perf_counter() - t) / len(prompts)
+        forwards = int(g.forwards.sum())
+        total += per * forwards
+        parts.append(f"{forwards} {kind} on {model.name} at {per:.2f} s")
+    print(f"expected time{' of ' + what if what else ''}: about {total / 60:.0f} min from scratch ("
+          + "; ".join(parts) + f"; timed on {n} prompts of {task.name}, stored partial results are reused)",
+          flush=True)
+    return total
 
 
 def tasks_from(args: "argparse.Namespace") -> list:

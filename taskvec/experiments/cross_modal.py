@@ -48,6 +48,9 @@ class Setting:
         batch_size: prompts per forward.
         case_sensitive: the metric's case rule (paper: case-sensitive, except Fig. 8).
         template: prompt template.
+        paired: ``True``: text test queries only on the items that have an emoji, the items the
+            image test queries cover, so a table that sets text beside image queries compares the
+            same items (validation and demonstrations are unchanged). ``False``: every test item.
     """
 
     n_shots: int = 5
@@ -59,6 +62,7 @@ class Setting:
     case_sensitive: bool = True
     template: Template = GENERIC
     per_seed: bool = False
+    paired: bool = False
 
     def __post_init__(self) -> None:
         # checked here, before any work: 0 is not "all" (None is), and a seed list becomes a tuple
@@ -74,18 +78,20 @@ class Setting:
         count("batch_size", self.batch_size)
         if not isinstance(self.case_sensitive, bool):
             raise TaskvecError(f"case_sensitive={self.case_sensitive!r}: pass True or False")
-        if not isinstance(self.per_seed, bool):
-            raise TaskvecError(f"per_seed={self.per_seed!r}: pass True or False")
+        for name in ("per_seed", "paired"):
+            if not isinstance(getattr(self, name), bool):
+                raise TaskvecError(f"{name}={getattr(self, name)!r}: pass True or False")
         if not isinstance(self.template, Template):
             raise TaskvecError(f"template={self.template!r}: pass a taskvec Template (e.g. taskvec.GENERIC)")
 
     def key(self) -> str:
         """A digest of every field (the whole template included): result stores are keyed by it.
-        (``per_seed=False`` is left out, so pooled results stored before the switch existed are
-        still found.)"""
+        (``per_seed=False`` and ``paired=False`` are left out, so results stored before those
+        switches existed are still found.)"""
         fields = asdict(self)
-        if not self.per_seed:
-            fields.pop("per_seed")
+        for name in ("per_seed", "paired"):
+            if not fields[name]:
+                fields.pop(name)
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
     def runs(self) -> list[tuple[Any, "Setting"]]:
@@ -110,17 +116,26 @@ def task_key(task: Any) -> str:
     return safe_name(task.name, digest({"instruction": task.instruction, "items": items}))
 
 
-def pairs(task: Any, split: str, modality: str, limit: int | None = None) -> list[tuple[Any, str]]:
+def pairs(task: Any, split: str, modality: str, limit: int | None = None, *,
+          emoji_only: bool = False) -> list[tuple[Any, str]]:
     """``(x, y)`` pairs of a task split in one modality (images rendered from the item's emoji);
-    the first ``limit`` (a whole number >= 1), or all with ``None``."""
+    the first ``limit`` (a whole number >= 1), or all with ``None``; ``emoji_only`` keeps text
+    items that have an emoji."""
     if modality not in MODALITIES:
         raise TaskvecError(f"modality {modality!r}: use 'text' or 'image'")
     if limit is not None:
         count("limit", limit, fix="None means the whole split")
-    out = task.pairs(split, modality=modality)
+    out = task.pairs(split, modality=modality, emoji_only=emoji_only)
     if not out:
         raise TaskvecError(f"task {task.name!r} has no {modality} items in split {split!r}")
     return out if limit is None else out[:limit]
+
+
+def queries(task: Any, split: str, modality: str, s: Setting) -> list[tuple[Any, str]]:
+    """The query pairs of one split under ``s``: capped by ``n_val``/``n_test``; text test queries
+    on the image items only with ``s.paired``."""
+    limit = s.n_test if split == "test" else s.n_val
+    return pairs(task, split, modality, limit, emoji_only=s.paired and split == "test" and modality == "text")
 
 
 def with_demos(demo_pairs: Sequence[tuple[Any, str]], query_pairs: Sequence[tuple[Any, str]], s: Setting) -> list[Prompt]:
@@ -156,8 +171,7 @@ def sweep_task(
     allow_transfer: bool = False,
 ) -> pd.DataFrame:
     """Patch the vector at every layer into zero-shot ``query``-modality queries of ``split``."""
-    limit = s.n_val if split == "val" else s.n_test
-    qs = zero_shot(pairs(task, split, query, limit), s.template)
+    qs = zero_shot(queries(task, split, query, s), s.template)
     df = layer_sweep(model, vector, qs, batch_size=s.batch_size, case_sensitive=s.case_sensitive,
                      allow_transfer=allow_transfer, progress=False)
     return df.assign(task=task.name)
@@ -169,8 +183,7 @@ def baselines(model: Model, task: Any, spec: str, query: str, s: Setting, *, spl
     Returns:
         one row per method: ``task, method, spec, query, accuracy, n``.
     """
-    limit = s.n_test if split == "test" else s.n_val
-    q_pairs = pairs(task, split, query, limit)
+    q_pairs = queries(task, split, query, s)
     demo_pairs = pairs(task, "val", spec)
     icl = with_demos(demo_pairs, q_pairs, s)
     alone = zero_shot(q_pairs, s.template)
@@ -262,7 +275,7 @@ def transfer_experiment(
                 tag = () if seed == "pooled" else (f"seed{seed}",)
 
                 def run_test(task: Any = task, seed: Any = seed, rs: Setting = rs, layer: int = layer) -> pd.DataFrame:
-                    qs = zero_shot(pairs(task, "test", query, rs.n_test), rs.template)
+                    qs = zero_shot(queries(task, "test", query, rs), rs.template)
                     preds = patch_predict(model, vector(task, spec, seed, rs), qs, layer, batch_size=rs.batch_size,
                                           progress=False, allow_transfer=source is not None)
                     c = score(qs, preds, rs)
@@ -280,6 +293,49 @@ def transfer_experiment(
     per_run = per_run.drop_duplicates(subset=["task", "method", "spec", "query", "seed"], keep="first")
     return {"summary": summarise(per_run), "per_seed": per_run, "sweep": pd.concat(sweeps, ignore_index=True),
             "layers": pd.DataFrame(chosen)}
+
+
+def transfer_plan(model: Model, tasks: Sequence[Any], combos: Sequence[tuple[str, str]], s: Setting, *,
+                  source: Model | None = None) -> pd.DataFrame:
+    """The forward passes :func:`transfer_experiment` runs from scratch, counted by kind, so a
+    script can say how long it will take before it starts (nothing is run or rendered).
+
+    Returns:
+        one row per ``(model, prompt)`` kind: ``model`` (``"target"`` or ``"source"``), ``prompt``
+        (``"icl-text"``/``"icl-image"``: a few-shot prompt with text or image demonstrations;
+        ``"query-text"``/``"query-image"``: a zero-shot query) and ``forwards``.
+
+    Example:
+        >>> import taskvec
+        >>> m = taskvec.load("tiny-llama")                                   # doctest: +SKIP
+        >>> transfer_plan(m, [taskvec.get_task("antonym")], [("text", "text")],
+        ...               Setting(n_val=8, n_test=20)).forwards.sum()        # doctest: +SKIP
+        104
+    """
+    counts: dict[tuple[str, str], int] = {}
+
+    def add(who: str, kind: str, n: int) -> None:
+        counts[(who, kind)] = counts.get((who, kind), 0) + n
+
+    def size(task: Any, split: str, modality: str, limit: int | None, emoji_only: bool = False) -> int:
+        n = len(task.select(split, modality, emoji_only=emoji_only))
+        return n if limit is None else min(n, limit)
+
+    runs = s.runs()
+    src = "target" if source is None else "source"
+    for spec in dict.fromkeys(spec for spec, _ in combos):  # vectors are extracted once per spec
+        for task in tasks:
+            for _, rs in runs:
+                add(src, f"icl-{spec}", size(task, "val", spec, rs.n_val) * len(rs.seeds))
+    for spec, query in combos:
+        for task in tasks:
+            for _, rs in runs:
+                n_test = size(task, "test", query, rs.n_test, rs.paired and query == "text")
+                add("target", f"query-{query}", model.n_layers * size(task, "val", query, rs.n_val) + n_test)
+                if source is None:  # No Context, then Base/xBase (demonstrations of the spec modality)
+                    add("target", f"query-{query}", n_test)
+                    add("target", f"icl-{spec}", n_test)
+    return pd.DataFrame([dict(model=who, prompt=kind, forwards=n) for (who, kind), n in counts.items()])
 
 
 def summarise(per_run: pd.DataFrame) -> pd.DataFrame:

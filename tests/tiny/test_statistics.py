@@ -60,6 +60,9 @@ def test_setting_key_is_unchanged_for_pooled_runs():
     from dataclasses import asdict
 
     before = asdict(Setting(**BASE))
-    before.pop("per_seed")  # the fields a Setting had before the switch
+    before.pop("per_seed")  # the fields a Setting had before the switches
+    before.pop("paired")
     assert Setting(**BASE).key() == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
     assert Setting(per_seed=True, **BASE).key() != Setting(**BASE).key()
+    assert len({Setting(paired=True, **BASE).key(), Setting(per_seed=True, paired=True, **BASE).key(),
+                Setting(per_seed=True, **BASE).key()}) == 3
