@@ -210,17 +210,28 @@ def paper_rows(summary: "Any") -> "Any":
     return wide
 
 
+def lens_prompts(task: Any, spec: str, s: Any, n_prompts: int) -> list:
+    """Figures 3 and 4's prompts: the task's first ``n_prompts`` items (every split, in ``spec``
+    modality) as queries, shared out over ``s.seeds`` in turn; each seed draws the 5-shot
+    demonstrations of its queries (the query's own item excluded)."""
+    import taskvec
+    from taskvec.experiments.cross_modal import pairs
+
+    items = pairs(task, "all", spec)
+    queries = items[:n_prompts]
+    k = len(s.seeds)
+    return [p for i, seed in enumerate(s.seeds)
+            for p in taskvec.sample_icl_prompts(items, queries[i::k], n_shots=s.n_shots, seed=seed)]
+
+
 def lens_runs(models: list, tasks: list, s: Any, n_prompts: int) -> Any:
     """Yield (model, task, spec, LensResult) for every text/image ICL setting that applies
     (Figures 3 and 4)."""
     import taskvec
-    from taskvec.experiments.cross_modal import pairs
 
     for model in models:
         specs = ["text", "image"] if model.is_vlm else ["text"]
         for task in tasks:
             for spec in specs:
-                items = pairs(task, "all", spec)
-                queries = items[:n_prompts]
-                prompts = taskvec.sample_icl_prompts(items, queries, n_shots=s.n_shots, seed=s.seed)
+                prompts = lens_prompts(task, spec, s, n_prompts)
                 yield model, task, spec, taskvec.lens(model, prompts, batch_size=s.batch_size, progress=False)

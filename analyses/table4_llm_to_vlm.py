@@ -4,8 +4,10 @@ For each task: text-ICL vectors from the LLM and from the VLM on the same prompt
 per-layer cosine similarity, the random-pair baseline (cosine between VLM vectors of different
 tasks), and test accuracy on image queries of VLM-VLM xPatch and LLM-VLM xPatch, each at its own
 validation-chosen layer and, so the gap is not a layer change, LLM-VLM xPatch also at the VLM-VLM
-layer (the reference patches both at the VLM's one pinned layer). Every accuracy comes with n and a
-95% Wilson interval (table7_llm_to_vlm_intervals.csv).
+layer (the reference patches both at the VLM's one pinned layer). Every accuracy comes with n, the
+number of seeds, their spread and a 95% Wilson interval (table7_llm_to_vlm_intervals.csv). Full
+setting: three seeds run one by one; the VLM-VLM runs share Table 3's and Table 8's partial
+results. The expected time is printed first.
 
     python -m analyses.table4_llm_to_vlm [--quick] [--model VLM] [--llm LLM]
     python -m analyses.table4_llm_to_vlm --model HuggingFaceM4/idefics2-8b --llm mistralai/Mistral-7B-v0.1
@@ -18,10 +20,9 @@ import itertools
 import pandas as pd
 
 import taskvec
-from taskvec.experiments.cross_modal import pairs as task_pairs
-from taskvec.experiments.cross_modal import score, task_vector, zero_shot
-from taskvec.inputs.metric import wilson_interval
-from analyses._common import DEFAULT_LLM, bar_figure, experiment_parser, load_model, save_figure, setting_from, store_for, tasks_from, write_json, write_table
+from taskvec.experiments.cross_modal import queries, score, summarise, task_vector, transfer_plan, zero_shot
+from analyses._common import (DEFAULT_LLM, bar_figure, expected_time, experiment_parser, load_model, save_figure,
+                              setting_from, store_for, tasks_from, write_json, write_table)
 
 
 def main(argv=None) -> None:
@@ -32,6 +33,15 @@ def main(argv=None) -> None:
     tasks, s = tasks_from(args), setting_from(args)
     store = store_for(args, "transfer")
     combos = [("text", "image")]
+    plan = pd.concat([transfer_plan(vlm, tasks, combos, s), transfer_plan(vlm, tasks, combos, s, source=llm)])
+    # beyond the two experiments: pooled vectors of both models (cosines), the LLM's vectors again
+    # per seed and their test queries at the VLM-VLM layer
+    n_val = sum(min(s.n_val or 10**9, len(t.select("val"))) for t in tasks) * len(s.seeds)
+    n_test = sum(min(s.n_test or 10**9, len(t.select("test", "image"))) for t in tasks) * len(s.runs())
+    extra = pd.DataFrame([dict(model="target", prompt="icl-text", forwards=n_val),
+                          dict(model="source", prompt="icl-text", forwards=2 * n_val),
+                          dict(model="target", prompt="query-image", forwards=n_test)])
+    expected_time(pd.concat([plan, extra]), {"target": vlm, "source": llm}, tasks[-1], s, what="Tables 4 and 7")
     own = taskvec.transfer_experiment(vlm, tasks, combos, s, store=store)
     cross = taskvec.transfer_experiment(vlm, tasks, combos, s, store=store, source=llm)
 
@@ -45,23 +55,25 @@ def main(argv=None) -> None:
     layer_vv = int(own["layers"].layer.iloc[0])
     layer_lv = int(cross["layers"].layer.iloc[0])
 
-    common = []  # LLM-VLM xPatch at the VLM-VLM layer, on the same test queries
+    common = []  # LLM-VLM xPatch at the VLM-VLM layer, on the same test queries, per seed as the runs above
     for t in tasks:
-        qs = zero_shot(task_pairs(t, "test", "image", s.n_test), s.template)
-        preds = taskvec.patch_predict(vlm, lv[t.name], qs, layer_vv, batch_size=s.batch_size, allow_transfer=True,
-                                      progress=False)
-        c = score(qs, preds, s)
-        low, high = wilson_interval(sum(c), len(c))
-        common.append(dict(task=t.name, method=f"LLM-VLM xPatch @ L{layer_vv}", accuracy=sum(c) / len(c), n=len(c),
-                           ci_low=low, ci_high=high, layer=layer_vv))
-    common = pd.DataFrame(common)
+        qs = zero_shot(queries(t, "test", "image", s), s.template)
+        for seed, rs in s.runs():
+            vec = lv[t.name] if seed == "pooled" else task_vector(llm, t, "text", rs)
+            preds = taskvec.patch_predict(vlm, vec, qs, layer_vv, batch_size=s.batch_size, allow_transfer=True,
+                                          progress=False)
+            c = score(qs, preds, rs)
+            common.append(dict(task=t.name, method=f"LLM-VLM xPatch @ L{layer_vv}", spec="text", query="image",
+                               accuracy=sum(c) / len(c), n=len(c), correct=sum(c), layer=layer_vv, seed=str(seed)))
+    common = summarise(pd.DataFrame(common))
     rows = {"VLM-VLM xPatch": own["summary"].query("method == 'xPatch'").set_index("task").accuracy,
             "LLM-VLM xPatch": cross["summary"].query("method == 'xPatch'").set_index("task").accuracy,
             f"LLM-VLM xPatch @ VLM-VLM layer {layer_vv}": common.set_index("task").accuracy}
     table7 = pd.DataFrame(rows).T
     intervals = pd.concat([own["summary"].query("method == 'xPatch'").assign(method=f"VLM-VLM xPatch @ L{layer_vv}"),
                            cross["summary"].query("method == 'xPatch'").assign(method=f"LLM-VLM xPatch @ L{layer_lv}"),
-                           common], ignore_index=True)[["task", "method", "accuracy", "n", "ci_low", "ci_high"]]
+                           common], ignore_index=True)[["task", "method", "accuracy", "n", "n_seeds", "seed_sd",
+                                                       "ci_low", "ci_high"]]
     table7["Avg."] = table7.mean(axis=1)
     mean_cos_at = float(cos.loc[layer_lv].mean())
     table4 = pd.DataFrame({"cosine sim.": [None, mean_cos_at, float(random_cos[layer_lv])],

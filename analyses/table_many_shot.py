@@ -11,13 +11,23 @@ is scored on the test split (greedy first token, the paper's metric).
 Text queries run on --model (default gemma-3-270m). Image queries run on --vlm (default
 gemma-3-270m-vlm) when it loads; otherwise the script says so and skips them.
 
-    python -m analyses.table_many_shot --quick          # minutes per task on a CPU
-    python -m analyses.table_many_shot                  # the full setting
+    python -m analyses.table_many_shot --quick          # one seed, 30 test queries, minutes per task
+    python -m analyses.table_many_shot --no-vlm          # three seeds, 100 test queries, the CPU budgets
+    python -m analyses.table_many_shot --budget reference --device cuda   # the references' budgets
     python -m analyses.table_many_shot --no-vlm --tasks country-capital food-color
 
-Writes analyses/results/table_many_shot.csv (methods x tasks, one block per query modality),
-table_many_shot_long.csv (with times and sizes), table_many_shot.json and the bar figures.
-Partial results are stored per (model, modality, task, method) and reused unless --fresh.
+Settings: --quick is one seed and 30 test queries; without it, three seeds (--seeds) and 100 test
+queries. --budget sets the learned methods' budgets: ``cpu`` (the default: MTV 40 REINFORCE steps
+after 40 mean-activation trials, STV 40 steps over 40 delta pairs, MimIC 40 steps; what fits an
+hour on a 2-core CPU for three tasks and three seeds, text queries) or ``reference`` (MTV 600
+steps selected by the lowest held-out loss, the defaults' 100 trials; STV M = 32 clusters; MimIC
+150 steps), which needs a GPU. The script prints its expected time first, from small timed fits.
+
+Writes analyses/results/table_many_shot.csv (methods x tasks, mean over seeds, one block per query
+modality), table_many_shot_long.csv (one row per seed, with times and sizes),
+table_many_shot_summary.csv (n, seeds, per-seed spread and a 95% Wilson interval per cell),
+table_many_shot.json and the bar figures. Partial results are stored per (model, seed, modality,
+task, method) and reused unless --fresh.
 """
 
 from __future__ import annotations
@@ -50,17 +60,18 @@ class Config:
     mimic: dict
 
     @classmethod
-    def make(cls, quick: bool, modality: str) -> "Config":
-        if quick:
-            shots = (1, 5, 10) if modality == "text" else (1, 5)
-            return cls(30, shots, 12,
+    def make(cls, quick: bool, modality: str, budget: str = "cpu") -> "Config":
+        shots_text, shots_image = ((1, 5, 10), (1, 5)) if quick or budget == "cpu" else ((1, 5, 10, 20, 29), (1, 5, 10))
+        shots = shots_text if modality == "text" else shots_image
+        n_test, n_sweep = (30, 12) if quick else (100, 30)
+        if quick or budget == "cpu":
+            return cls(n_test, shots, n_sweep,
                        dict(n_trials=40, steps=40, n_masks=16, n_candidates=4),
                        dict(n_pairs=40, steps=40, n_samples=16, top_k=20, n_clusters=8),
                        dict(steps=40, batch_size=8))
-        shots = (1, 5, 10, 20, 29) if modality == "text" else (1, 5, 10)
-        # the full setting uses the references' budgets: MTV 600 REINFORCE steps selected by the lowest
-        # held-out loss (MultiModal-Task-Vector), STV M = 32 clusters (the paper's saturation point)
-        return cls(100, shots, 30, dict(steps=600, select="loss"), dict(n_clusters=32), dict())
+        # the references' budgets: MTV 600 REINFORCE steps selected by the lowest held-out loss
+        # (MultiModal-Task-Vector), STV M = 32 clusters (the paper's saturation point)
+        return cls(n_test, shots, n_sweep, dict(steps=600, select="loss"), dict(n_clusters=32), dict())
 
 
 def score(preds: list[str], labels: list[str]) -> float:
@@ -174,18 +185,76 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
     return table.loc[keys]
 
 
-def run_modality(model: taskvec.Model, tasks: list, modality: str, args: Any, only: list | None = None) -> pd.DataFrame:
-    """Every method on ``only`` (default: all ``tasks``); the task-vector layer is chosen on all ``tasks``."""
-    cfg = Config.make(args.quick, modality)
-    st = Store(store_for(args, "many_shot") / f"{model.key}-seed{args.seed}")
-    layer = choose_layer(model, tasks, modality, cfg, args.seed, st)
-    print(f"[{modality}] task-vector layer chosen on validation: {layer}")
-    frames = []
-    for task in only or tasks:
+def expected_seconds(model: taskvec.Model, task: Any, modality: str, cfg: Config, n_units: int) -> float:
+    """Seconds for ``n_units`` (task, seed) units of one modality, from small timed runs on ``task``:
+    each learned method fitted twice (1 and 3 steps, a small location search) gives its set-up time
+    per search item and its time per step, scaled to its budget; predictions and the layer sweep
+    are timed on 8 queries."""
+    val, test = task.pairs("val", modality=modality), task.pairs("test", modality=modality)[:8]
+    queries = [taskvec.icl_prompt([], x, label=y) for x, y in test]
+
+    def clock(fn) -> float:
         t = time.perf_counter()
-        frames.extend(units(model, task, modality, cfg, args.seed, st, layer))
-        print(f"[{modality}] {task.name} done ({time.perf_counter() - t:.0f} s)")
+        fn()
+        return time.perf_counter() - t
+
+    taskvec.predict(model, queries[:2], progress=False)  # warm-up
+    per_query = clock(lambda: taskvec.predict(model, queries, progress=False)) / len(queries)
+    # zero-shot, task vector, MTV, three STVs, MimIC on the test queries; the layer sweep
+    seconds = per_query * (7 * cfg.n_test + cfg.n_sweep * model.n_layers)
+    for k in (*cfg.shots, 5):  # k-shot ICL, and the task vector's 5-shot extraction
+        if k < len(val):
+            prompts = taskvec.sample_icl_prompts(val, test, n_shots=k, seed=0)
+            per = clock(lambda: taskvec.predict(model, prompts, batch_size=8, progress=False)) / len(prompts)
+            seconds += per * (cfg.n_test if k in cfg.shots else len(val))
+    # (fit, budget, the search size and its default, the small search timed, default steps, fits per unit)
+    fits = [(fit_mtv, cfg.mtv, "n_trials", 100, 4, 200, 1), (fit_stv, cfg.stv, "n_pairs", 100, 8, 200, 3),
+            (fit_mimic, cfg.mimic, None, 0, 0, 150, 1)]
+    for fit, budget, search, search_default, small, default_steps, per_unit in fits:
+        extra = {search: small} if search else {}
+        one, three = (clock(lambda n=n: fit(model, val, seed=0, progress=False, **{**budget, **extra, "steps": n}))
+                      for n in (1, 3))
+        per_step = max(three - one, 0.0) / 2
+        setup = max(one - per_step, 0.0) * (budget.get(search, search_default) / small if search else 1.0)
+        seconds += (setup + per_step * budget.get("steps", default_steps)) * per_unit
+    return seconds * n_units
+
+
+def run_modality(model: taskvec.Model, tasks: list, modality: str, args: Any, only: list | None = None) -> pd.DataFrame:
+    """Every method on ``only`` (default: all ``tasks``) for each seed; the task-vector layer is
+    chosen on all ``tasks`` per seed."""
+    cfg = Config.make(args.quick, modality, args.budget)
+    seeds = [args.seed + i for i in range(args.seeds)]
+    run_tasks = only or tasks
+    minutes = expected_seconds(model, run_tasks[0], modality, cfg, len(run_tasks) * len(seeds)) / 60
+    print(f"[{modality}] expected time: about {minutes:.0f} min from scratch for {len(run_tasks)} tasks x "
+          f"{len(seeds)} seeds ({args.budget if not args.quick else 'quick'} budgets, {cfg.n_test} test queries; "
+          "from small timed fits, stored partial results are reused)", flush=True)
+    frames = []
+    for seed in seeds:
+        st = Store(store_for(args, "many_shot") / f"{model.key}-seed{seed}" / ("" if args.quick else args.budget))
+        layer = choose_layer(model, tasks, modality, cfg, seed, st)
+        print(f"[{modality}] seed {seed}: task-vector layer chosen on validation: {layer}")
+        for task in run_tasks:
+            t = time.perf_counter()
+            frames.extend(f.assign(seed=seed) for f in units(model, task, modality, cfg, seed, st, layer))
+            print(f"[{modality}] seed {seed}: {task.name} done ({time.perf_counter() - t:.0f} s)", flush=True)
     return pd.concat(frames, ignore_index=True).assign(model=model.name)
+
+
+def summary(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, modality, task, method): the mean over seeds, n test queries per seed,
+    the seeds' standard deviation and 95% t half-width, and a 95% Wilson interval over all queries."""
+    from taskvec.inputs.metric import seed_spread, wilson_interval
+
+    rows = []
+    for key, g in long.dropna(subset=["accuracy"]).groupby(["model", "modality", "task", "method"], sort=False):
+        mean, sd, half = seed_spread(g.accuracy.tolist())
+        correct = int((g.accuracy * g.n).round().sum())
+        low, high = wilson_interval(correct, int(g.n.sum()))
+        rows.append(dict(zip(["model", "modality", "task", "method"], key), accuracy=mean, n=int(g.n.iloc[0]),
+                         n_seeds=len(g), seed_sd=sd, seed_ci=half, ci_low=low, ci_high=high))
+    return pd.DataFrame(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,7 +266,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image-only", action="store_true",
                     help="run only the image-query block (e.g. in a second process while another runs the text "
                          "block; a later run without it reads both back from the store and writes the table)")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="how many seeds, from --seed on (default: 3, or 1 with --quick)")
+    ap.add_argument("--budget", choices=("cpu", "reference"), default="cpu",
+                    help="the learned methods' budgets: what fits an hour on a CPU (default) or the references'")
     args = ap.parse_args(argv)
+    args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    if args.seeds < 1:
+        ap.error(f"--seeds {args.seeds}: give at least 1")
     if args.image_only and args.no_vlm:
         ap.error("--image-only and --no-vlm exclude each other")
     tasks = tasks_from(args)
@@ -222,15 +298,20 @@ def main(argv: list[str] | None = None) -> None:
         print("image block stored; run the script again without --image-only to write the table")
         return
     df = pd.concat(long, ignore_index=True)
-    table = wide(df)
-    print(f"\nMany-shot / learned task vectors ({'quick' if args.quick else 'full'} setting, seed {args.seed})")
+    summ = summary(df)
+    table = wide(summ)
+    seeds = sorted(df.seed.unique())
+    print(f"\nMany-shot / learned task vectors ({'quick' if args.quick else 'full'} setting, "
+          f"{'' if args.quick else args.budget + ' budgets, '}seeds {seeds}, mean over seeds)")
     write_table(table, "table_many_shot.csv")
+    write_table(summ, "table_many_shot_summary.csv", index=False)
     df.to_csv(RESULTS / "table_many_shot_long.csv", index=False, float_format="%.4f")
     print(f"wrote {RESULTS / 'table_many_shot_long.csv'}")
     write_json("table_many_shot.json", {
-        "models": sorted(df.model.unique()), "quick": args.quick, "seed": args.seed,
+        "models": sorted(df.model.unique()), "quick": args.quick, "seeds": [int(x) for x in seeds],
+        "budget": None if args.quick else args.budget,
         "average": {f"{m}/{meth}": v for (m, meth), v in table["Avg."].items()},
-        "config": {mod: Config.make(args.quick, mod).__dict__ for mod in df.modality.unique()},
+        "config": {mod: Config.make(args.quick, mod, args.budget).__dict__ for mod in df.modality.unique()},
     })
     for modality in df.modality.unique():
         part = table.loc[modality].drop(columns="Avg.")

@@ -331,7 +331,8 @@ def transfer_plan(model: Model, tasks: Sequence[Any], combos: Sequence[tuple[str
         for task in tasks:
             for _, rs in runs:
                 n_test = size(task, "test", query, rs.n_test, rs.paired and query == "text")
-                add("target", f"query-{query}", model.n_layers * size(task, "val", query, rs.n_val) + n_test)
+                # the sweep: one pass for the cached prefix, then one per layer
+                add("target", f"query-{query}", (model.n_layers + 1) * size(task, "val", query, rs.n_val) + n_test)
                 if source is None:  # No Context, then Base/xBase (demonstrations of the spec modality)
                     add("target", f"query-{query}", n_test)
                     add("target", f"icl-{spec}", n_test)

@@ -66,3 +66,34 @@ def test_setting_key_is_unchanged_for_pooled_runs():
     assert Setting(per_seed=True, **BASE).key() != Setting(**BASE).key()
     assert len({Setting(paired=True, **BASE).key(), Setting(per_seed=True, paired=True, **BASE).key(),
                 Setting(per_seed=True, **BASE).key()}) == 3
+
+
+def test_paired_text_queries_cover_the_image_test_items():
+    from taskvec.experiments.cross_modal import queries
+
+    task = taskvec.get_task("food-color")
+    s = Setting(paired=True)
+    text = [x for x, _ in queries(task, "test", "text", s)]
+    assert text == [it.input for it in task.select("test", "image")] and len(text) == task.sizes()["test_emoji"] >= 40
+    assert len(queries(task, "test", "text", Setting())) == task.sizes()["test"] > len(text)
+    assert queries(task, "val", "text", s) == queries(task, "val", "text", Setting())  # validation is unchanged
+    assert len(queries(task, "test", "text", Setting(paired=True, n_test=7))) == 7
+
+
+def test_transfer_plan_counts_the_forwards_the_experiment_runs(tiny):
+    """The plan behind every script's expected time: its count of prompts equals the rows the
+    model is actually run on (a hook on its first layer), per seed and with paired queries."""
+    from taskvec.experiments.cross_modal import transfer_plan
+
+    task = taskvec.get_task("food-color")
+    s = Setting(seeds=(0, 1), per_seed=True, paired=True, n_shots=2, n_val=3, n_test=5, batch_size=8)
+    rows = []
+    handle = tiny.hf.model.layers[0].register_forward_pre_hook(
+        lambda mod, args, kwargs: rows.append((args[0] if args else kwargs["hidden_states"]).shape[0]), with_kwargs=True)
+    try:
+        transfer_experiment(tiny, [task], [("text", "text")], s, progress=False)
+    finally:
+        handle.remove()
+    plan = transfer_plan(tiny, [task], [("text", "text")], s)
+    assert int(plan.forwards.sum()) == sum(rows)
+    assert set(plan.prompt) == {"icl-text", "query-text"}

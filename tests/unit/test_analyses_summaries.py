@@ -1,0 +1,29 @@
+"""The many-shot table's statistics and settings, without a model."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from analyses.table_many_shot import Config, summary, wide
+
+
+def test_many_shot_summary_reports_seeds_spread_and_a_wilson_interval():
+    long = pd.DataFrame([dict(model="m", modality="text", task="t", method="MTV", accuracy=a, n=100, seed=s)
+                         for s, a in enumerate([0.5, 0.6, 0.7])]
+                        + [dict(model="m", modality="text", task="t", method="ICL 29-shot", accuracy=float("nan"), n=0,
+                                seed=0)])
+    out = summary(long)
+    assert list(out.method) == ["MTV"]  # a k-shot that did not fit the context is left out, not scored 0
+    row = out.iloc[0]
+    assert row.accuracy == pytest.approx(0.6) and row.n == 100 and row.n_seeds == 3
+    assert row.seed_sd == pytest.approx(0.1) and row.seed_ci == pytest.approx(0.248, abs=1e-3)
+    assert row.ci_low < 0.6 < row.ci_high and row.ci_high - row.ci_low < 0.12  # 180 of 300 queries
+    assert wide(out).loc[("text", "MTV"), "t"] == pytest.approx(0.6)
+
+
+def test_many_shot_budgets():
+    quick, cpu, ref = (Config.make(True, "text"), Config.make(False, "text"), Config.make(False, "text", "reference"))
+    assert (quick.n_test, cpu.n_test, ref.n_test) == (30, 100, 100)
+    assert cpu.mtv == quick.mtv and cpu.shots == (1, 5, 10)
+    assert ref.mtv == dict(steps=600, select="loss") and ref.stv == dict(n_clusters=32) and ref.shots[-1] == 29
