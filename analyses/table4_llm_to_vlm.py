@@ -63,17 +63,21 @@ def main(argv=None) -> None:
             preds = taskvec.patch_predict(vlm, vec, qs, layer_vv, batch_size=s.batch_size, allow_transfer=True,
                                           progress=False)
             c = score(qs, preds, rs)
-            common.append(dict(task=t.name, method=f"LLM-VLM xPatch @ L{layer_vv}", spec="text", query="image",
+            common.append(dict(task=t.name, method="LLM-VLM xPatch at the VLM-VLM layer", spec="text", query="image",
                                accuracy=sum(c) / len(c), n=len(c), correct=sum(c), layer=layer_vv, seed=str(seed)))
-    common = summarise(pd.DataFrame(common))
+    common_runs = pd.DataFrame(common)
+    common = summarise(common_runs)
     rows = {"VLM-VLM xPatch": own["summary"].query("method == 'xPatch'").set_index("task").accuracy,
             "LLM-VLM xPatch": cross["summary"].query("method == 'xPatch'").set_index("task").accuracy,
-            f"LLM-VLM xPatch @ VLM-VLM layer {layer_vv}": common.set_index("task").accuracy}
+            f"LLM-VLM xPatch at the VLM-VLM layer {layer_vv}": common.set_index("task").accuracy}
     table7 = pd.DataFrame(rows).T
-    intervals = pd.concat([own["summary"].query("method == 'xPatch'").assign(method=f"VLM-VLM xPatch @ L{layer_vv}"),
-                           cross["summary"].query("method == 'xPatch'").assign(method=f"LLM-VLM xPatch @ L{layer_lv}"),
-                           common], ignore_index=True)[["task", "method", "accuracy", "n", "n_seeds", "seed_sd",
+    intervals = pd.concat([own["summary"].query("method == 'xPatch'").assign(method="VLM-VLM xPatch", layer=layer_vv),
+                           cross["summary"].query("method == 'xPatch'").assign(method="LLM-VLM xPatch", layer=layer_lv),
+                           common], ignore_index=True)[["task", "method", "layer", "accuracy", "n", "n_seeds", "seed_sd",
                                                        "ci_low", "ci_high"]]
+    per_seed = pd.concat([own["per_seed"].query("method == 'xPatch'").assign(method="VLM-VLM xPatch"),
+                          cross["per_seed"].query("method == 'xPatch'").assign(method="LLM-VLM xPatch"), common_runs],
+                         ignore_index=True)
     table7["Avg."] = table7.mean(axis=1)
     mean_cos_at = float(cos.loc[layer_lv].mean())
     table4 = pd.DataFrame({"cosine sim.": [None, mean_cos_at, float(random_cos[layer_lv])],
@@ -85,6 +89,7 @@ def main(argv=None) -> None:
     print("\nTable 7 (per task)")
     write_table(table7, "table7_llm_to_vlm_per_task.csv")
     write_table(intervals, "table7_llm_to_vlm_intervals.csv", index=False)
+    write_table(per_seed, "table7_llm_to_vlm_per_seed.csv", index=False)
     write_table(cos.assign(**{"random pairs": random_cos}), "table4_cosine_per_layer.csv")
     write_json("table4_llm_to_vlm.json", {"llm": llm.name, "vlm": vlm.name, "layer_vlm_vlm": layer_vv,
                                           "layer_llm_vlm": layer_lv, "mean_cosine_at_layer": mean_cos_at,

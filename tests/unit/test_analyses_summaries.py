@@ -27,3 +27,19 @@ def test_many_shot_budgets():
     assert (quick.n_test, cpu.n_test, ref.n_test) == (30, 100, 100)
     assert cpu.mtv == quick.mtv and cpu.shots == (1, 5, 10)
     assert ref.mtv == dict(steps=600, select="loss") and ref.stv == dict(n_clusters=32) and ref.shots[-1] == 29
+
+
+def test_claim_verdicts_need_separated_intervals():
+    from analyses.claims import average, verdict
+
+    def runs(method, accs, n=100):
+        return [dict(task=f"t{i % 2}", method=method, seed=i // 2, accuracy=a, n=n, correct=round(a * n))
+                for i, a in enumerate(accs)]
+
+    df = pd.DataFrame(runs("A", [0.6, 0.5, 0.62, 0.52, 0.58, 0.5]) + runs("B", [0.2, 0.1, 0.22, 0.12, 0.18, 0.1])
+                      + runs("C", [0.55, 0.45, 0.57, 0.47, 0.53, 0.45]))
+    a, b, c = (average(df, method=m) for m in "ABC")
+    assert a["mean"] == pytest.approx(0.5533, abs=1e-3) and a["n_seeds"] == 3 and a["n"] == 600 and a["n_tasks"] == 2
+    assert verdict(a, b) == "reproduces" and verdict(b, a) == "does not reproduce"
+    assert verdict(a, c) == "direction only (intervals overlap)"
+    assert average(df, method="D") is None and verdict(None, a) == "not run"
