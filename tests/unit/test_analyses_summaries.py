@@ -26,6 +26,7 @@ def test_many_shot_budgets():
     quick, cpu, ref = (Config.make(True, "text"), Config.make(False, "text"), Config.make(False, "text", "reference"))
     assert (quick.n_test, cpu.n_test, ref.n_test) == (30, 100, 100)
     assert cpu.mtv == quick.mtv and cpu.shots == (1, 5, 10)
+    assert [n for _, n in cpu.stv_variants] == ["STV", "STV (relative Δ)"] and len(ref.stv_variants) == 3
     assert ref.mtv == dict(steps=600, select="loss") and ref.stv == dict(n_clusters=32) and ref.shots[-1] == 29
 
 
