@@ -1,10 +1,14 @@
 """Paper Figure 11: validation accuracy per layer per task for text-ICL xPatch on image queries,
 with the Text ICL xBase accuracy as a dotted reference line. Reuses Table 3's saved sweeps.
+fig11_layer_sweep_long.csv has each cell's n (validation queries per seed), seeds and a 95%
+Wilson interval over all of them.
 
     python -m analyses.fig11_layer_sweep [--quick] [--model ID] [--spec text --query image]
 """
 
 from __future__ import annotations
+
+import pandas as pd
 
 import taskvec
 from taskvec.experiments.cross_modal import baselines
@@ -26,6 +30,16 @@ def main(argv=None) -> None:
     print(f"\nvalidation accuracy per layer, {args.spec} ICL -> {args.query} queries ({model.name}); "
           f"chosen layer {int(res['layers'].layer.iloc[0])}")
     write_table(curve, "fig11_layer_sweep.csv")
+    from taskvec.inputs.metric import wilson_interval
+
+    sweep = res["sweep"]
+    long = []
+    for (task, layer), g in sweep.groupby(["task", "layer"]):
+        low, high = wilson_interval(int(g.correct.sum()), len(g))
+        seeds = int(g.seed.nunique()) if "seed" in g else 1
+        long.append(dict(task=task, layer=layer, accuracy=g.correct.mean(), n=len(g) // seeds, n_seeds=seeds,
+                         ci_low=low, ci_high=high))
+    write_table(pd.DataFrame(long), "fig11_layer_sweep_long.csv", index=False)
 
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
