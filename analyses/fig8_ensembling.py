@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     repeats = 2 if args.quick else 5
     layer = int(taskvec.transfer_experiment(model, tasks, [("text", args.query)], setting_from(args),
                                             store=store_for(args, "transfer"), progress=False)["layers"].layer.iloc[0])
-    st = Store(store_for(args, "fig8") / f"{model.key}-{s.key()}-L{layer}" + ("" if args.samples == "subset" else "-ref"))
+    st = Store(store_for(args, "fig8") / (f"{model.key}-{s.key()}-L{layer}" + ("" if args.samples == "subset" else "-ref")))
     rows = []
     for task in tasks:
         val = pairs(task, "val", "text")

@@ -36,3 +36,22 @@ def test_delta_heatmap_quick_writes_one_delta_per_layer_and_head(tmp_path):
     assert (per_reduce == 18 * 4).all(), per_reduce  # Gemma-3-270m: 18 layers x 4 heads
     assert (df.delta >= 0).all() and df.delta.max() > 0
     assert (tmp_path / "fig_delta_heatmap.html").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("samples", ["reference", "subset"])
+def test_fig8_quick_runs_with_either_sample_protocol(tmp_path, samples):
+    """Both --samples protocols end to end on a tiny Llama (the reference one once failed before any work
+    on a path joined to a string)."""
+    import torch
+
+    from taskvec.models.tiny import build_tiny
+
+    torch.manual_seed(0)
+    model = build_tiny("llama", tmp_path / "tiny")
+    reproduce("fig8", tmp_path / "out", "--model", str(model), "--query", "text", "--tasks", "country-capital",
+              "--samples", samples)
+    df = pd.read_csv(tmp_path / "out" / "fig8_ensembling.csv")
+    assert set(df.method) == {"Exemplar xPatch", "Instruction + Exemplar xPatch"} and (df.samples == samples).all()
+    assert df["mean"].between(0, 1).all() and (df.draws == 2).all() and (df.n_queries == 20).all()
+    assert sorted(df.k.unique()) == ([5, 10, 15] if samples == "reference" else [2, 5, 10])
