@@ -22,7 +22,8 @@ def main(argv=None) -> None:
     for model, task, spec, result in lens_runs(models, tasks_from(args), s, n_prompts):
         top = result.top1()
         shares = top.groupby("layer")["token"].value_counts(normalize=True).rename("share").reset_index()
-        rows.append(shares.assign(model=model.name, task=task.name, spec=f"{spec} ICL"))
+        rows.append(shares.assign(model=model.name, task=task.name, spec=f"{spec} ICL", n_prompts=top["prompt"].nunique()
+                                  if "prompt" in top else len(top) // max(top.layer.nunique(), 1)))
         save_figure(result.figure_top1_distribution().update_layout(
             title=f"Top-1 decoding per layer: {task.name}, {spec} ICL ({model.name})"),
             f"fig4_top1_{model.name.replace('/', '_')}_{task.name}_{spec}")
@@ -30,7 +31,11 @@ def main(argv=None) -> None:
     df.to_csv(RESULTS / "fig4_top1_per_layer.csv", index=False)
     most = df.sort_values("share", ascending=False).groupby(["model", "spec", "task", "layer"]).head(1)
     most = most.assign(token=most.token.map(repr)).set_index(["model", "spec", "task", "layer"])
-    write_table(most[["token", "share"]], "fig4_most_common_top1.csv")
+    from taskvec.inputs.metric import wilson_interval
+
+    ci = [wilson_interval(round(sh * n), int(n)) for sh, n in zip(most.share, most.n_prompts)]
+    most = most.assign(ci_low=[c[0] for c in ci], ci_high=[c[1] for c in ci])
+    write_table(most[["token", "share", "n_prompts", "ci_low", "ci_high"]], "fig4_most_common_top1.csv")
 
 
 if __name__ == "__main__":

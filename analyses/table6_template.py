@@ -12,6 +12,7 @@ from __future__ import annotations
 import taskvec
 from analyses._common import (IMAGE_QUERY_COMBOS, bar_figure, experiment_parser, load_model, paper_rows, save_figure,
                               setting_from, store_for, tasks_from, write_table)
+from analyses._common import RESULTS
 
 
 def main(argv=None) -> None:
@@ -24,6 +25,7 @@ def main(argv=None) -> None:
     wide = paper_rows(res["summary"]).drop(index=["Random", "Image ICL Patch"], errors="ignore")
     print(f"\nTable 6 (chat template) on {model.name}")
     write_table(wide, "table6_template.csv")
+    res["summary"].to_csv(RESULTS / "table6_template_long.csv", index=False, float_format="%.4f")  # n and intervals
     save_figure(bar_figure(wide.drop(columns="Avg."), f"Chat template, image queries ({model.name})"),
                 "table6_template")
 
