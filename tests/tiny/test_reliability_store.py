@@ -62,6 +62,9 @@ SCRIPT = textwrap.dedent('''
     """A stand-in analysis: records its pid and a grandchild's, then works for a minute."""
     import os, signal, subprocess, sys, time
     out = os.environ["R3_OUT"]
+    # Ctrl-C stops it, as it stops any Python program started from a terminal, even when the test
+    # runner itself was started in the background (where SIGINT is inherited as ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     if "--clean-stop" in sys.argv:  # an analysis that finishes its unit before stopping
         def stop(signum, frame):
