@@ -22,8 +22,8 @@ def main(argv=None) -> None:
     for model, task, spec, result in lens_runs(models, tasks_from(args), s, n_prompts):
         top = result.top1()
         shares = top.groupby("layer")["token"].value_counts(normalize=True).rename("share").reset_index()
-        rows.append(shares.assign(model=model.name, task=task.name, spec=f"{spec} ICL", n_prompts=top["prompt"].nunique()
-                                  if "prompt" in top else len(top) // max(top.layer.nunique(), 1)))
+        rows.append(shares.assign(model=model.name, task=task.name, spec=f"{spec} ICL",
+                                  n_prompts=top["prompt"].nunique()))
         save_figure(result.figure_top1_distribution().update_layout(
             title=f"Top-1 decoding per layer: {task.name}, {spec} ICL ({model.name})"),
             f"fig4_top1_{model.name.replace('/', '_')}_{task.name}_{spec}")

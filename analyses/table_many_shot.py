@@ -40,7 +40,7 @@ from typing import Any
 import pandas as pd
 
 import taskvec
-from taskvec.experiments.cross_modal import Store, task_key
+from taskvec.experiments.cross_modal import Store, summarise, task_key
 from taskvec.methods.mimic import fit_mimic
 from taskvec.methods.mtv import fit_mtv
 from taskvec.methods.stv import fit_stv
@@ -249,17 +249,9 @@ def run_modality(model: taskvec.Model, tasks: list, modality: str, args: Any, on
 
 def summary(long: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, modality, task, method): the mean over seeds, n test queries per seed,
-    the seeds' standard deviation and 95% t half-width, and a 95% Wilson interval over all queries."""
-    from taskvec.inputs.metric import seed_spread, wilson_interval
-
-    rows = []
-    for key, g in long.dropna(subset=["accuracy"]).groupby(["model", "modality", "task", "method"], sort=False):
-        mean, sd, half = seed_spread(g.accuracy.tolist())
-        correct = int((g.accuracy * g.n).round().sum())
-        low, high = wilson_interval(correct, int(g.n.sum()))
-        rows.append(dict(zip(["model", "modality", "task", "method"], key), accuracy=mean, n=int(g.n.iloc[0]),
-                         n_seeds=len(g), seed_sd=sd, seed_ci=half, ci_low=low, ci_high=high))
-    return pd.DataFrame(rows)
+    the seeds' standard deviation and 95% t half-width, and a 95% Wilson interval over all queries
+    (:func:`taskvec.experiments.cross_modal.summarise`); a k-shot that did not fit is left out."""
+    return summarise(long.dropna(subset=["accuracy"]), keys=("model", "modality", "task", "method"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -339,11 +339,11 @@ def transfer_plan(model: Model, tasks: Sequence[Any], combos: Sequence[tuple[str
     return pd.DataFrame([dict(model=who, prompt=kind, forwards=n) for (who, kind), n in counts.items()])
 
 
-def summarise(per_run: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, method, spec, query): the accuracy averaged over seeds, with ``n`` (test
-    queries per seed), ``n_seeds``, the per-seed standard deviation ``seed_sd`` and its 95%
-    t-interval half-width ``seed_ci``, and a 95% Wilson interval ``ci_low``-``ci_high`` over every
-    query of every seed.
+def summarise(per_run: pd.DataFrame, keys: Sequence[str] = ("task", "method", "spec", "query")) -> pd.DataFrame:
+    """One row per ``keys`` (default: task, method, spec, query): the accuracy averaged over seeds,
+    with ``n`` (test queries per seed), ``n_seeds``, the per-seed standard deviation ``seed_sd`` and
+    its 95% t-interval half-width ``seed_ci``, and a 95% Wilson interval ``ci_low``-``ci_high`` over
+    every query of every seed.
 
     Rows stored before the correct counts were recorded get them back from ``accuracy × n``.
     """
@@ -352,7 +352,7 @@ def summarise(per_run: pd.DataFrame) -> pd.DataFrame:
         df["correct"] = float("nan")
     df["correct"] = df["correct"].fillna((df["accuracy"] * df["n"]).round()).astype(int)
     rows = []
-    keys = ["task", "method", "spec", "query"]
+    keys = list(keys)
     for key, g in df.groupby(keys, sort=False):
         mean, sd, half = seed_spread(g["accuracy"].tolist())
         low, high = wilson_interval(int(g["correct"].sum()), int(g["n"].sum()))
