@@ -213,3 +213,46 @@ def test_mimic_training_refuses_a_remote_model_and_says_why(remote):
 def test_load_refuses_an_unknown_remote_mode(tiny):
     with pytest.raises(taskvec.TaskvecError, match="remote='ndif'.*True.*local"):
         taskvec.load(tiny.name, remote="ndif")
+
+
+FRESH = r'''
+import json, sys
+import torch
+from nnsight.schema.request import RequestModel
+import taskvec
+
+serialize = RequestModel.serialize
+sizes = []
+
+
+def measured(*args, **kwargs):
+    blob = serialize(*args, **kwargs)
+    sizes.append(len(blob))
+    return blob
+
+
+RequestModel.serialize = measured
+m = taskvec.load(sys.argv[1], remote="local")
+weights = sum(p.numel() * p.element_size() for p in m.hf.parameters())
+r = taskvec.lens(m, ["Q:France\nA:Paris\n\nQ:Japan\nA:"], progress=False)  # the first request of the process
+print(json.dumps({"rows": len(r.df), "sizes": sizes, "weights": weights}))
+'''
+
+
+def test_first_request_of_a_fresh_process(tiny_dir, tmp_path):
+    """Issue 29: in a new process the first request pickled the whole transformers model by value
+    (nnsight references a module by id only after its envoy is pickled, and ``Model.hf`` came
+    first), which shipped the weights and, unpickled with the user's modules hidden, imported
+    ``kernels`` -> ``anyio`` afresh inside the request, where nnsight's ``save`` broke it. A test
+    that ran a local forward first hid it, so this one runs in a process of its own."""
+    import json
+    import subprocess
+
+    script = tmp_path / "fresh.py"
+    script.write_text(FRESH)
+    done = subprocess.run([sys.executable, str(script), str(tiny_dir)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["rows"] > 0 and out["sizes"], out
+    # every request is small next to the weights it must never carry (tiny Llama: 25.7 MB before the fix)
+    assert max(out["sizes"]) < out["weights"] / 10, out
